@@ -1,0 +1,99 @@
+"""Load a chat model with a LoRA adapter for training, through Unsloth or transformers + peft.
+
+Both backends return a peft model whose `save_pretrained` writes the same adapter format
+(adapter_config.json + adapter_model.safetensors), so inference and publishing do not care which trained it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .embedded import EMBEDDED, embedded_model_dir
+from .errors import UserError
+
+
+def resolve_model_path(model_name: str) -> str:
+    """'embedded' -> the cached local folder; anything else (Hub id or local folder) as given."""
+    return str(embedded_model_dir()) if model_name == EMBEDDED else model_name
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as e:  # not a folder, not on the Hub, or the Hub unreachable
+        raise UserError(f"MODEL_NAME={model_path!r}: cannot load its tokenizer ({str(e).splitlines()[0]}). Fix: check "
+                        f"the Hub id and your connection, pass a local model folder, or use --MODEL_NAME=embedded "
+                        f"offline.") from None
+    return _ensure_pad_token(tokenizer)
+
+
+def _ensure_pad_token(tokenizer):
+    # Llama-3 tokenizers ship no pad token. Padding positions are masked from the loss either way; reusing a
+    # reserved token rather than eos keeps eos meaningful for anything that looks at pad ids.
+    if tokenizer.pad_token is None:
+        reserved = "<|finetune_right_pad_id|>"
+        tokenizer.pad_token = reserved if reserved in tokenizer.get_vocab() else tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_training(cfg, plan, model_path: str):
+    """(peft model, tokenizer) ready for SFTTrainer."""
+    if plan.backend == "unsloth":
+        return _load_unsloth(cfg, plan, model_path)
+    return _load_transformers(cfg, plan, model_path)
+
+
+def _load_unsloth(cfg, plan, model_path):
+    from unsloth import FastLanguageModel
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_path,
+        max_seq_length=cfg.MAX_SEQ_LENGTH,
+        dtype=None,  # Unsloth picks fp16 on T4/V100, bf16 on Ampere+ and on CPU
+        load_in_4bit=plan.load_in_4bit,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.LORA_R,
+        lora_alpha=cfg.LORA_ALPHA,
+        lora_dropout=cfg.LORA_DROPOUT,
+        target_modules=list(cfg.TARGET_MODULES),
+        bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.GRADIENT_CHECKPOINTING else False,
+        random_state=cfg.SEED,
+    )
+    return model, _ensure_pad_token(tokenizer)
+
+
+def _load_transformers(cfg, plan, model_path):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
+    kwargs = {"dtype": compute_dtype}
+    if plan.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype)
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if plan.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING)
+    elif plan.device != "cpu":
+        model = model.to(plan.device)
+    lora = LoraConfig(r=cfg.LORA_R, lora_alpha=cfg.LORA_ALPHA, lora_dropout=cfg.LORA_DROPOUT,
+                      target_modules=list(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), load_tokenizer(model_path)
+
+
+def trainable_summary(model) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def save_adapter(model, tokenizer, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
+    tokenizer.save_pretrained(folder)
+    return folder

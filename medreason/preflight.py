@@ -1,0 +1,67 @@
+"""Checks printed before training: token lengths against MAX_SEQ_LENGTH, and one example with its loss mask."""
+from __future__ import annotations
+
+import statistics
+
+from .errors import UserError
+
+
+def token_lengths(tokenizer, conversation: dict) -> tuple[int, int]:
+    """(prompt tokens, prompt+answer tokens), tokenized the way trl tokenizes a conversational example."""
+    prompt = tokenizer.apply_chat_template(conversation["prompt"], add_generation_prompt=True, tokenize=True,
+                                           return_dict=False)
+    full = tokenizer.apply_chat_template(conversation["prompt"] + conversation["completion"], tokenize=True,
+                                         return_dict=False)
+    return len(prompt), len(full)
+
+
+def _percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def check_lengths(dataset, tokenizer, max_len: int, name: str):
+    """Print length stats; drop rows whose answer would be cut off entirely. Returns (dataset, stats)."""
+    lengths = [token_lengths(tokenizer, ex) for ex in dataset]
+    totals = [total for _, total in lengths]
+    keep = [i for i, (prompt, _) in enumerate(lengths) if prompt < max_len]
+    truncated = sum(1 for i in keep if totals[i] > max_len)
+    stats = {"rows": len(totals), "min": min(totals), "median": int(statistics.median(totals)),
+             "p95": _percentile(totals, 0.95), "max": max(totals), "truncated": truncated,
+             "dropped_no_answer_left": len(totals) - len(keep)}
+    print(f"[preflight] {name}: {stats['rows']} rows, tokens per example min {stats['min']} / median "
+          f"{stats['median']} / p95 {stats['p95']} / max {stats['max']} (MAX_SEQ_LENGTH={max_len})")
+    if truncated:
+        print(f"[preflight] {name}: {truncated} rows are longer than MAX_SEQ_LENGTH and lose the end of their "
+              f"answer (including </response>), which teaches unclosed answers. Fix: raise MAX_SEQ_LENGTH "
+              f"(p95 is {stats['p95']}).")
+    if stats["dropped_no_answer_left"]:
+        print(f"[preflight] {name}: dropped {stats['dropped_no_answer_left']} rows whose prompt alone fills "
+              f"MAX_SEQ_LENGTH, so no answer token would be trained.")
+    if not keep:
+        raise UserError(f"MAX_SEQ_LENGTH={max_len} leaves no answer tokens in any {name} row (shortest prompt "
+                         f"{min(p for p, _ in lengths)} tokens). Fix: --MAX_SEQ_LENGTH={_percentile(totals, 0.95)}.")
+    return (dataset.select(keep) if len(keep) < len(totals) else dataset), stats
+
+
+def render_loss_mask(input_ids: list[int], labels: list[int], tokenizer) -> str:
+    """The example as text, each run of tokens marked as masked (not in the loss) or trained."""
+    runs, start = [], 0
+    for i in range(1, len(input_ids) + 1):
+        if i == len(input_ids) or (labels[i] == -100) != (labels[start] == -100):
+            runs.append((labels[start] == -100, tokenizer.decode(input_ids[start:i], clean_up_tokenization_spaces=False)))
+            start = i
+    return "\n".join(f"{'[MASKED: not in the loss]' if masked else '[TRAINED]'}\n{text}" for masked, text in runs)
+
+
+def show_training_example(train_dataset, tokenizer) -> None:
+    """Print the first example exactly as the trainer tokenized it (input_ids and labels from trl)."""
+    example = train_dataset[0]
+    labels = example.get("labels") or [t if m else -100 for t, m in zip(example["input_ids"],
+                                                                       example["completion_mask"])]
+    trained = sum(1 for label in labels if label != -100)
+    print(f"[preflight] one training example as the trainer tokenized it: {len(labels)} tokens, "
+          f"{len(labels) - trained} masked, {trained} trained")
+    print("-" * 80)
+    print(render_loss_mask(example["input_ids"], labels, tokenizer))
+    print("-" * 80)

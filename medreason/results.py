@@ -1,0 +1,50 @@
+"""The run's results.json: metrics, the settings that produced them, library versions, timings."""
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth",
+            "unsloth_zoo", "rouge-score", "wandb", "huggingface_hub")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def write_results(path: Path, metrics: dict, settings: dict, plan, timings: dict, extra: dict | None = None) -> Path:
+    payload = {"metrics": metrics, "settings": jsonable(settings),
+               "plan": {k: v for k, v in vars(plan).items() if k != "reasons"}, "choices": plan.reasons,
+               "versions": versions(), "timings_s": {k: round(v, 2) for k, v in timings.items()}, **(extra or {})}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def write_samples(path: Path, rows, answers: list[str]) -> Path:
+    """One JSON line per evaluated question: the question, the model's answer parsed, and the reference."""
+    from .tags import parse_answer
+    with path.open("w", encoding="utf-8") as f:
+        for row, answer in zip(rows, answers, strict=True):
+            parsed = parse_answer(answer)
+            f.write(json.dumps({"question": row["Question"], "answer": answer, "status": parsed.status,
+                                "thinking": parsed.thinking, "response": parsed.response,
+                                "reference": row["Response"]}, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,108 @@
+"""Automatic choices made once per run (hardware, backend, precision, demo profile), each with its reason."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from .data import DEMO_DATASET
+from .embedded import EMBEDDED
+from .errors import UserError
+
+# The GPU default a CPU run cannot use: left as is on a machine with no CUDA, the script switches to the demo.
+GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
+
+# Sized so that the whole demo (training, evaluation, saving) takes under 10 minutes on 2 CPU cores.
+DEMO_PROFILE = dict(
+    MODEL_NAME=EMBEDDED, DATASET=str(DEMO_DATASET), MAX_SEQ_LENGTH=512, VAL_SIZE=6, TRAIN_SAMPLES=None,
+    BATCH_SIZE=4, GRAD_ACCUM=1, MAX_STEPS=30, EVAL_STEPS=15, SAVE_STEPS=15, EVAL_SAMPLES=6, MAX_NEW_TOKENS=256,
+    EVAL_BATCH_SIZE=6, GRADIENT_CHECKPOINTING=False,
+)
+
+
+@dataclass
+class Plan:
+    backend: str  # "unsloth" or "transformers"
+    device: str  # "cuda", "mps" or "cpu"
+    precision: str  # "bf16", "fp16" or "fp32": the trainer's mixed precision
+    load_in_4bit: bool
+    optim: str
+    demo_settings: list[str]  # the settings the demo profile changed; empty outside demo mode
+    reasons: list[str] = field(default_factory=list)
+
+
+def _hardware():
+    import torch
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return "cuda", f"{torch.cuda.get_device_name(0)} (sm{major}{minor})", torch.cuda.is_bf16_supported()
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps", "Apple MPS", False
+    return "cpu", "CPU", False
+
+
+def apply_demo_profile(cfg, overridden: set[str], device: str) -> list[str]:
+    """On a machine with no CUDA GPU and the GPU default model, switch to the embedded demo (user overrides win)."""
+    if device == "cuda" or cfg.MODEL_NAME != GPU_DEFAULT_MODEL or "MODEL_NAME" in overridden:
+        return []
+    changed = []
+    for name, value in DEMO_PROFILE.items():
+        if hasattr(cfg, name) and name not in overridden:
+            setattr(cfg, name, value)
+            changed.append(name)
+    return changed
+
+
+def _import_unsloth() -> str | None:
+    """Import Unsloth now (it must come before transformers/peft/trl to patch them); the reason if it cannot."""
+    if importlib.util.find_spec("unsloth") is None:
+        return "unsloth is not installed (pip install --no-deps -r requirements-nodeps.txt)"
+    try:
+        import unsloth  # noqa: F401
+    except Exception as e:  # Unsloth raises plain Exceptions/NotImplementedError on unsupported hardware
+        return f"unsloth failed to import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def plan_run(cfg, overridden: set[str]) -> Plan:
+    device, device_name, bf16_ok = _hardware()
+    reasons = [f"device: {device_name}"]
+    demo_settings = apply_demo_profile(cfg, overridden, device)
+    if demo_settings:
+        reasons.append(f"DEMO MODE: no CUDA GPU and MODEL_NAME left at {GPU_DEFAULT_MODEL!r}, so the embedded "
+                       f"SmolLM2-135M and the shipped illustrative demo data are used, sized for about 10 minutes "
+                       f"on 2 CPU cores (settings given on the command line still win)")
+
+    backend = cfg.BACKEND
+    if backend not in {"auto", "unsloth", "transformers"}:
+        raise UserError(f"BACKEND={backend!r}: choose 'auto', 'unsloth' or 'transformers'.")
+    if backend in {"auto", "unsloth"} and device != "mps":
+        why_not = _import_unsloth()
+        if why_not and backend == "unsloth":
+            raise UserError(f"BACKEND='unsloth' but {why_not}. Fix: install it, or --BACKEND=transformers.")
+        if why_not:
+            backend = "transformers"
+            reasons.append(f"backend: transformers + peft, because {why_not}")
+        else:
+            backend = "unsloth"
+            reasons.append("backend: unsloth (fast LoRA kernels; default wherever it imports"
+                           + (", here in its CPU mode)" if device == "cpu" else ")"))
+    else:
+        backend = "transformers"
+        reasons.append("backend: transformers + peft (" + ("Unsloth has no MPS support)" if device == "mps"
+                                                          else "BACKEND='transformers')"))
+
+    if device == "cuda":
+        precision = "bf16" if bf16_ok else "fp16"
+        reasons.append(f"precision: {precision} mixed precision" + (" (Ampere or newer supports bf16)" if bf16_ok
+                       else f" because {device_name} has no bf16 (T4/V100)"))
+        load_in_4bit, optim = cfg.LOAD_IN_4BIT, "adamw_8bit"
+        reasons.append("optimizer: 8-bit AdamW (bitsandbytes) to save GPU memory")
+    elif backend == "unsloth":
+        precision, load_in_4bit, optim = "bf16", cfg.LOAD_IN_4BIT, "adamw_torch"
+        reasons.append("precision: bf16 (Unsloth's CPU mode computes in bf16)"
+                       + ("; 4-bit weights via bitsandbytes' CPU kernels" if load_in_4bit else ""))
+    else:
+        precision, load_in_4bit, optim = "fp32", False, "adamw_torch"
+        reasons.append(f"precision: fp32 full precision on {device} (bitsandbytes 4-bit training needs CUDA on "
+                       f"the transformers backend{'; LOAD_IN_4BIT ignored' if cfg.LOAD_IN_4BIT else ''})")
+    return Plan(backend, device, precision, load_in_4bit, optim, demo_settings, reasons)

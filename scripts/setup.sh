@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-command set-up for a CPU (or single-GPU Linux) machine: a virtual environment in .venv/ at the repo root.
+#   bash scripts/setup.sh          # then: source .venv/bin/activate
+# Order matters: torch first (pinned, so no package can pull a several-GB CUDA build on a CPU box), then our
+# requirements with that pin as a constraint, then unsloth with --no-deps (see requirements-nodeps.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+$PIP install -q torch==2.13.0
+$PIP install -q -c constraints-cpu.txt -r requirements.txt -r requirements-dev.txt
+$PIP install -q --no-deps -r requirements-nodeps.txt
+# A torchvision wheel built against another torch makes `import unsloth` fail; we never need it.
+$PIP uninstall -q -y torchvision 2>/dev/null || true
+.venv/bin/python -c "import torch, transformers, trl, peft; print('ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
