@@ -5,6 +5,7 @@ Both backends return a peft model whose `save_pretrained` writes the same adapte
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .embedded import EMBEDDED, embedded_model_dir
@@ -75,7 +76,7 @@ def _load_transformers(cfg, plan, model_path):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per accelerate process
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if plan.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING)

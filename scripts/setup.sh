@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
-$PIP install -q --upgrade pip
-$PIP install -q torch==2.13.0
-$PIP install -q -c constraints-cpu.txt -r requirements.txt -r requirements-dev.txt
-$PIP install -q --no-deps -r requirements-nodeps.txt
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }  # local mirror noise
+quiet $PIP install -q --upgrade pip
+quiet $PIP install -q torch==2.13.0
+quiet $PIP install -q -c constraints-cpu.txt -r requirements.txt -r requirements-dev.txt
+quiet $PIP install -q --no-deps -r requirements-nodeps.txt
 # A torchvision wheel built against another torch makes `import unsloth` fail; we never need it.
 $PIP uninstall -q -y torchvision 2>/dev/null || true
 .venv/bin/python -c "import torch, transformers, trl, peft; print('ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
