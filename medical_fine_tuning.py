@@ -1,4 +1,4 @@
-"""Fine-tune a chat model into a careful medical reasoner that answers <think>reasoning</think><response>answer</response>.
+"""Fine-tune a chat model into a careful medical reasoner: <think>reasoning</think><response>answer</response>.
 
     python medical_fine_tuning.py                     # CUDA GPU (a Colab T4 is enough): Llama-3.2-3B, 4-bit, Unsloth
     python medical_fine_tuning.py --MAX_STEPS=60      # any constant below can be overridden as --NAME=value
@@ -90,7 +90,8 @@ def main(argv):
     print(f"[data] {len(rows)} usable rows from {cfg.DATASET}"
           + (f"; dropped {sum(dropped.values())}: {dict(dropped)}" if dropped else ""))
     train_rows, val_rows = data.split(rows, cfg.VAL_SIZE, cfg.TRAIN_SAMPLES, cfg.SEED)
-    print(f"[data] {len(train_rows)} training rows, {len(val_rows) if val_rows else 0} validation rows (seed {cfg.SEED})")
+    n_val = len(val_rows) if val_rows else 0
+    print(f"[data] {len(train_rows)} training rows, {n_val} validation rows (seed {cfg.SEED})")
     as_conversation = lambda row: prompts.to_conversation(row, style)  # noqa: E731
     train_ds = train_rows.map(as_conversation, remove_columns=list(data.FIELDS))
     val_ds = val_rows.map(as_conversation, remove_columns=list(data.FIELDS)) if val_rows else None
@@ -114,15 +115,23 @@ def main(argv):
     trainer = training.build_trainer(model, tokenizer, train_ds, val_ds,
                                      training.build_sft_config(cfg, plan, report_to, checkpoints))
     preflight.show_training_example(trainer.train_dataset, tokenizer)
+    # Saved with the adapter, so inference asks with exactly the base model and prompt used in training.
+    info = {"model_name": cfg.MODEL_NAME, "prompt_style": style.name, "system_prompt": style.system_prompt,
+            "max_seq_length": cfg.MAX_SEQ_LENGTH, "backend": plan.backend, "load_in_4bit": plan.load_in_4bit}
     resume = training.last_checkpoint(checkpoints)
     if resume:
         print(f"[train] resuming from {resume} (delete {checkpoints} to start over)")
     t = time.time()
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:  # keep what was learned: the adapter so far, and the checkpoints to resume from
+        saved = save_adapter(model, tokenizer, out / "adapter-interrupted", info)
+        sys.exit(f"\n[train] interrupted at step {trainer.state.global_step}: adapter so far saved to {saved}. "
+                 f"Run the same command again to resume from the newest checkpoint in {checkpoints}.")
     timings["train"] = time.time() - t
 
     # 5. Save the adapter before anything else can fail.
-    adapter_dir = save_adapter(model, tokenizer, out / "adapter")
+    adapter_dir = save_adapter(model, tokenizer, out / "adapter", info)
     print(f"[save] adapter and tokenizer -> {adapter_dir}")
 
     # 6. Evaluate: eval loss, then answers to held-out questions scored for ROUGE-L and format.
@@ -143,7 +152,7 @@ def main(argv):
                     "eval_samples": len(sample), "answer_statuses": scores.get("statuses", {})}
     samples_path = write_samples(out / "eval_samples.jsonl", sample, answers)
     results_path = write_results(out / "results.json", eval_metrics, vars(cfg), plan, timings,
-                                 {"data": {"train_rows": len(train_ds), "val_rows": len(val_rows) if val_rows else 0,
+                                 {"data": {"train_rows": len(train_ds), "val_rows": n_val,
                                            "dropped": dict(dropped), "train_lengths": length_stats}})
     run = tracking.current_run()
     run.summary.update({f"final/{k}": v for k, v in eval_metrics.items() if isinstance(v, (int, float))})

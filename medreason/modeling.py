@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .embedded import EMBEDDED, embedded_model_dir
+from .embedded import EMBEDDED, EMBEDDED_HUB_ID, embedded_model_dir
 from .errors import UserError
 
 
@@ -93,8 +93,15 @@ def trainable_summary(model) -> str:
     return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
 
 
-def save_adapter(model, tokenizer, folder: Path) -> Path:
+def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Path:
+    """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference)."""
+    import json
     folder.mkdir(parents=True, exist_ok=True)
+    if info and info.get("model_name") == EMBEDDED:  # a portable id rather than this machine's cache path
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = EMBEDDED_HUB_ID
     model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
     tokenizer.save_pretrained(folder)
+    if info:
+        (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return folder

@@ -49,7 +49,8 @@ def render_loss_mask(input_ids: list[int], labels: list[int], tokenizer) -> str:
     runs, start = [], 0
     for i in range(1, len(input_ids) + 1):
         if i == len(input_ids) or (labels[i] == -100) != (labels[start] == -100):
-            runs.append((labels[start] == -100, tokenizer.decode(input_ids[start:i], clean_up_tokenization_spaces=False)))
+            text = tokenizer.decode(input_ids[start:i], clean_up_tokenization_spaces=False)
+            runs.append((labels[start] == -100, text))
             start = i
     return "\n".join(f"{'[MASKED: not in the loss]' if masked else '[TRAINED]'}\n{text}" for masked, text in runs)
 

@@ -34,7 +34,8 @@ class PromptStyle:
 # Another layout (HuatuoGPT's "## Thinking / ## Final Response", DeepSeek-R1's "### Chain of Thought") is one more
 # entry here plus a parser in tags.py; PROMPT_STYLE in the trainer selects it.
 PROMPT_STYLES = {
-    "think_response": PromptStyle("think_response", "<think>\n{thinking}\n</think>\n<response>\n{response}\n</response>"),
+    "think_response": PromptStyle(
+        "think_response", "<think>\n{thinking}\n</think>\n<response>\n{response}\n</response>"),
 }
 
 

@@ -64,3 +64,62 @@ def run_script(*args, timeout=1500, env=None):
     return subprocess.run([sys.executable, str(ROOT / "medical_fine_tuning.py"), *args], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+PARROT_ANSWERS = {
+    "Which drug class causes a dry cough?": "<think>\nbradykinin builds up\n</think>\n<response>\nACE inhibitors\n</response>",
+    "What should be checked first?": "<think>\nthe airway comes first\n</think>",
+}
+
+
+@pytest.fixture(scope="session")
+def parrot_model_dir(tmp_path_factory, tiny_model_dir, tokenizer):
+    """The tiny Llama, fully trained to repeat PARROT_ANSWERS: a real model whose output we know in advance."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from medreason.prompts import generation_prompt, get_style
+    style = get_style("think_response")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = []
+    for question, answer in PARROT_ANSWERS.items():
+        prompt = tokenizer(generation_prompt(tokenizer, question, style), add_special_tokens=False)["input_ids"]
+        target = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        batch.append((torch.tensor([prompt + target]), torch.tensor([[-100] * len(prompt) + target])))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(200):
+        ids, labels = batch[step % len(batch)]
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("parrot")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
+    """An adapter written by our trainer code (2 steps on the tiny Llama, transformers backend)."""
+    import types
+    from datasets import Dataset
+    from medreason import training
+    from medreason.modeling import load_for_training, save_adapter
+    from medreason.prompts import get_style, to_conversation
+    from medreason.runtime import Plan
+    out = tmp_path_factory.mktemp("tiny-run")
+    cfg = types.SimpleNamespace(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, MAX_STEPS=2,
+                                LEARNING_RATE=5e-3, LR_SCHEDULER="constant", WARMUP_STEPS=0, WEIGHT_DECAY=0.0,
+                                GRADIENT_CHECKPOINTING=False, VAL_SIZE=0, EVAL_STEPS=0, SAVE_STEPS=10,
+                                SAVE_TOTAL_LIMIT=1, SEED=0, OUTPUT_DIR=str(out), LORA_R=8, LORA_ALPHA=16,
+                                LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "v_proj"])
+    plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
+    style = get_style("think_response")
+    model, tok = load_for_training(cfg, plan, str(tiny_model_dir))
+    data = Dataset.from_list([to_conversation(r, style) for r in demo_rows[:4]])
+    trainer = training.build_trainer(model, tok, data, None,
+                                     training.build_sft_config(cfg, plan, [], out / "checkpoints"))
+    trainer.train()
+    return save_adapter(model, tok, out / "adapter", {"model_name": str(tiny_model_dir),
+                                                      "prompt_style": style.name, "system_prompt": style.system_prompt})

@@ -14,7 +14,7 @@ def parse(*args):
 def test_values_are_parsed_to_the_default_type():
     assert parse("--MAX_STEPS=10", "--LEARNING_RATE=1e-4", "--LOAD_IN_4BIT=false") == {
         "MAX_STEPS": 10, "LEARNING_RATE": 1e-4, "LOAD_IN_4BIT": False}
-    assert parse("--LEARNING_RATE=1")["LEARNING_RATE"] == 1.0 and isinstance(parse("--LEARNING_RATE=1")["LEARNING_RATE"], float)
+    assert type(parse("--LEARNING_RATE=1")["LEARNING_RATE"]) is float
     assert parse("--OUTPUT_DIR=2024")["OUTPUT_DIR"] == "2024"  # strings stay verbatim
     assert parse("--TARGET_MODULES=q_proj,k_proj,gate_proj")["TARGET_MODULES"] == ["q_proj", "k_proj", "gate_proj"]
     assert parse("--TARGET_MODULES=['o_proj']")["TARGET_MODULES"] == ["o_proj"]

@@ -1,0 +1,116 @@
+"""Answer medical questions with a fine-tuned model, checking that every answer's tags close.
+
+    python inference.py --adapter outputs/medical-llama-3.2-3b/adapter --question "What causes …?"
+    python inference.py --adapter your-name/medical-llama-3.2-3b-lora --question "…"   # a published adapter
+    python inference.py --adapter <dir> --input questions.jsonl --output answers.jsonl   # batch mode
+    python inference.py --adapter <dir>                                                 # interactive chat
+
+The prompt (system prompt included) is the one the model was trained with. Answers cut off by the token budget
+are continued; closing tags are only ever written by the model. Batch mode exits with status 3 if any answer is
+still incomplete. For education only: not medical advice.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# --- generation (each is also a command-line flag) ---------------------------------------------------------------
+MAX_NEW_TOKENS = 1024  # budget per answer: a chain of thought needs ~500-900 tokens to reach </response>
+MAX_CONTINUATIONS = 2  # times an answer cut off inside <think>/<response> is continued
+CONTINUATION_TOKENS = 256  # budget of each continuation
+BATCH_SIZE = 8  # questions answered together in batch mode (left-padded); lower it if out of memory
+SAMPLE = False  # False = greedy (reproducible); True samples with TEMPERATURE and TOP_P
+TEMPERATURE = 0.6  # the usual setting for reasoning models when sampling
+TOP_P = 0.95
+REPETITION_PENALTY = 1.0  # >1 discourages loops in small models (1.1 is a mild setting)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--adapter", required=True, help="adapter folder, Hub repo id of a published adapter, or a "
+                                                    "merged model folder")
+    p.add_argument("--base-model", help="base model to put the adapter on (default: the one it was trained on; "
+                                        "'embedded' for the shipped SmolLM2)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--question", help="answer one question, streaming tokens to the terminal")
+    mode.add_argument("--input", type=Path, help="JSONL file with a 'question' (or 'Question') field per line")
+    p.add_argument("--output", type=Path, help="JSONL answers for --input (default: <input>.answers.jsonl)")
+    p.add_argument("--show-thinking", action="store_true", help="print the reasoning instead of folding it")
+    p.add_argument("--no-disclaimer", action="store_true", help="leave out the not-medical-advice line")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--max-continuations", type=int, default=MAX_CONTINUATIONS)
+    p.add_argument("--continuation-tokens", type=int, default=CONTINUATION_TOKENS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--sample", action="store_true", default=SAMPLE, help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE)
+    p.add_argument("--top-p", type=float, default=TOP_P)
+    p.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY)
+    return p.parse_args(argv)
+
+
+def read_questions(path: Path) -> list[str]:
+    from medreason.data import load_records
+    from medreason.errors import UserError
+    questions = []
+    for line_no, row in enumerate(load_records(str(path)), start=1):
+        question = row.get("question", row.get("Question"))
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"{path}: row {line_no} has no 'question' text (fields: {', '.join(row) or 'none'}). "
+                            f"Fix: give every row a non-empty \"question\" field.")
+        questions.append(question)
+    return questions
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    from medreason import answering, display, loading, tracking
+    from medreason.generation import Sampling
+    tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
+    loaded = loading.load(args.adapter, args.base_model)
+    print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} ({loaded.model.device})", file=sys.stderr)
+    options = dict(sampling=Sampling(args.sample, args.temperature, args.top_p, args.repetition_penalty),
+                   max_continuations=args.max_continuations, continuation_tokens=args.continuation_tokens)
+    disclaimer = not args.no_disclaimer
+
+    def ask(question: str):
+        streamer = display.make_streamer(loaded.tokenizer, args.show_thinking)
+        answer, = answering.answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style,
+                                         args.max_new_tokens, streamer=streamer, **options)
+        print(f"\n[status: {answer.status}; {answer.tokens} tokens; {answer.continuations} continuation(s)]")
+        if disclaimer:
+            print(display.DISCLAIMER)
+        return answer
+
+    if args.question:
+        return 0 if ask(args.question).status == "complete" else 3
+    if args.input:
+        questions = read_questions(args.input)
+        answers = answering.answer_all(loaded.model, loaded.tokenizer, questions, loaded.style, args.max_new_tokens,
+                                       args.batch_size, **options)
+        output = args.output or args.input.with_suffix(".answers.jsonl")
+        with output.open("w", encoding="utf-8") as f:
+            for answer in answers:
+                f.write(json.dumps(answer.as_row(), ensure_ascii=False) + "\n")
+        incomplete = sum(a.status != "complete" for a in answers)
+        print(f"{len(answers)} answers -> {output}; {len(answers) - incomplete} complete, {incomplete} incomplete"
+              + (f" ({', '.join(sorted({a.status for a in answers if a.status != 'complete'}))})" if incomplete
+                 else ""))
+        return 3 if incomplete else 0
+    print("Ask a medical question (type 'quit' to leave).")
+    while True:
+        try:
+            question = input("\n> ").strip()
+        except EOFError:
+            return 0
+        if question.lower() in {"quit", "exit", "q"}:
+            return 0
+        if question:
+            ask(question)
+
+
+if __name__ == "__main__":
+    from medreason.errors import UserError
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as error:
+        sys.exit(f"error: {error}")

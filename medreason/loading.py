@@ -1,0 +1,108 @@
+"""Load a trained model for answering: a local adapter folder, a Hub repo id of a published adapter, or a merged
+model folder. The adapter's training_info.json (written by the trainer) names its base model and prompt."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embedded import EMBEDDED, embedded_model_dir
+from .errors import UserError
+from .prompts import PromptStyle, get_style
+
+TRAINING_INFO = "training_info.json"
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    style: PromptStyle
+    base_model: str  # what the weights underneath are: a Hub id, a folder or "embedded"
+    kind: str  # "adapter" or "model"
+
+
+def fetch(source: str) -> Path:
+    """A local folder as is; otherwise a Hub repo id, downloaded (or found in the local Hub cache)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{source}: is a file. Fix: pass the adapter folder (the one holding "
+                            f"adapter_config.json), e.g. outputs/<run>/adapter.")
+        return path
+    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+        raise UserError(f"{source}: no such folder. Fix: pass an adapter folder such as outputs/<run>/adapter, "
+                        f"or a Hub repo id like your-name/medical-llama-3.2-3b-lora.")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(source))
+    except Exception as e:  # offline, missing, private: huggingface_hub raises several types
+        raise UserError(f"{source}: could not be fetched from the Hugging Face Hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}). Fix: check the id and your connection "
+                        f"(HF_TOKEN for a private repo), or pass a local adapter folder, e.g. "
+                        f"--adapter outputs/<run>/adapter.") from None
+
+
+def read_training_info(folder: Path) -> dict:
+    path = folder / TRAINING_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def adapter_base(folder: Path, info: dict) -> str:
+    """The base model an adapter was trained on: 'embedded' for the shipped model, else adapter_config's."""
+    if info.get("model_name") == EMBEDDED:
+        return EMBEDDED
+    return json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def load(source: str, base_model: str | None = None, device: str | None = None) -> Loaded:
+    """Model, tokenizer and the prompt style the model was trained with (transformers + peft, eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .modeling import load_tokenizer, resolve_model_path
+    folder = fetch(source)
+    info = read_training_info(folder)
+    style = get_style(info.get("prompt_style", "think_response"))
+    if info.get("system_prompt"):
+        style = PromptStyle(style.name, style.answer_template, info["system_prompt"])
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else (
+        torch.float16 if device == "cuda" else torch.float32)
+
+    if (folder / "adapter_config.json").is_file():
+        recorded = adapter_base(folder, info)
+        base = base_model or recorded
+        if base_model and base_model != recorded:
+            print(f"[load] note: the adapter was trained on {recorded!r}; using --base-model {base_model!r}")
+        model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), dtype, "base model", base)
+        model = _attach_adapter(model, folder, base, recorded)
+        kind = "adapter"
+    elif (folder / "config.json").is_file():
+        model = _from_pretrained(AutoModelForCausalLM, str(folder), dtype, "merged model", source)
+        base, kind = source, "model"
+    else:
+        raise UserError(f"{folder}: neither an adapter (no adapter_config.json) nor a model folder (no "
+                        f"config.json). Fix: pass OUTPUT_DIR/adapter from a training run, or a merged model folder.")
+    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else \
+        load_tokenizer(resolve_model_path(base))
+    return Loaded(model.to(device).eval(), tokenizer, style, base, kind)
+
+
+def _from_pretrained(cls, path: str, dtype, what: str, shown: str):
+    try:
+        return cls.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise UserError(f"{what} {shown!r} could not be loaded ({str(e).splitlines()[0]}). Fix: check the id and "
+                        f"your connection, or pass a local folder with --base-model.") from None
+
+
+def _attach_adapter(model, folder: Path, base: str, recorded: str):
+    from peft import PeftModel
+    try:
+        return PeftModel.from_pretrained(model, folder)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise UserError(f"the adapter in {folder} does not fit the base model {base!r} (its weights have other "
+                        f"shapes): it was trained on {recorded!r}. Fix: --base-model {recorded}") from None
