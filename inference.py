@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-# --- generation (each is also a command-line flag) ---------------------------------------------------------------
+# --- model and generation (each is also a command-line flag) -------------------------------------------------------
+BACKEND = "auto"  # Unsloth's fast inference on a CUDA GPU where it imports; transformers + peft elsewhere
 MAX_NEW_TOKENS = 1024  # budget per answer: a chain of thought needs ~500-900 tokens to reach </response>
 MAX_CONTINUATIONS = 2  # times an answer cut off inside <think>/<response> is continued
 CONTINUATION_TOKENS = 256  # budget of each continuation
@@ -29,6 +30,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--adapter", required=True, help="adapter folder, Hub repo id of a published adapter, or a "
                                                     "merged model folder")
+    p.add_argument("--backend", default=BACKEND, choices=["auto", "unsloth", "transformers"],
+                   help="auto = Unsloth's fast inference on a CUDA GPU, transformers + peft elsewhere")
     p.add_argument("--base-model", help="base model to put the adapter on (default: the one it was trained on; "
                                         "'embedded' for the shipped SmolLM2)")
     mode = p.add_mutually_exclusive_group()
@@ -66,8 +69,10 @@ def main(argv) -> int:
     from medreason import answering, display, loading, tracking
     from medreason.generation import Sampling
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
-    loaded = loading.load(args.adapter, args.base_model)
-    print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} ({loaded.model.device})", file=sys.stderr)
+    backend = loading.choose_backend(args.backend)
+    loaded = loading.load(args.adapter, args.base_model, backend)
+    print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device})",
+          file=sys.stderr)
     options = dict(sampling=Sampling(args.sample, args.temperature, args.top_p, args.repetition_penalty),
                    max_continuations=args.max_continuations, continuation_tokens=args.continuation_tokens)
     disclaimer = not args.no_disclaimer

@@ -25,7 +25,8 @@ def make_streamer(tokenizer, show_thinking: bool, out=None):
 
     class FoldingStreamer(TextStreamer):
         def __init__(self):
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                             clean_up_tokenization_spaces=False)
             self.out, self.buffer, self.printed = out or sys.stdout, "", 0
 
         def on_finalized_text(self, text: str, stream_end: bool = False):

@@ -55,12 +55,27 @@ def adapter_base(folder: Path, info: dict) -> str:
     return json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
-def load(source: str, base_model: str | None = None, device: str | None = None) -> Loaded:
-    """Model, tokenizer and the prompt style the model was trained with (transformers + peft, eval mode)."""
+def choose_backend(backend: str) -> str:
+    """'auto' = Unsloth's fast inference on a CUDA GPU where it imports; transformers + peft elsewhere."""
+    import importlib.util
+
+    import torch
+    if backend not in {"auto", "unsloth", "transformers"}:
+        raise UserError(f"--backend {backend!r}: choose auto, unsloth or transformers.")
+    if backend == "auto":
+        return "unsloth" if torch.cuda.is_available() and importlib.util.find_spec("unsloth") else "transformers"
+    return backend
+
+
+def load(source: str, base_model: str | None = None, backend: str = "transformers", device: str | None = None,
+         max_seq_length: int = 2048) -> Loaded:
+    """Model, tokenizer and the prompt style the model was trained with, ready to generate."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from .modeling import load_tokenizer, resolve_model_path
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # before peft/transformers models are built, so its patches apply
     folder = fetch(source)
     info = read_training_info(folder)
     style = get_style(info.get("prompt_style", "think_response"))
@@ -75,18 +90,29 @@ def load(source: str, base_model: str | None = None, device: str | None = None) 
         base = base_model or recorded
         if base_model and base_model != recorded:
             print(f"[load] note: the adapter was trained on {recorded!r}; using --base-model {base_model!r}")
-        model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), dtype, "base model", base)
+        if backend == "unsloth":  # base in 4-bit as in training, then the adapter, then Unsloth's fast generation
+            model, _ = FastLanguageModel.from_pretrained(resolve_model_path(base), max_seq_length=max_seq_length,
+                                                         load_in_4bit=info.get("load_in_4bit", True))
+        else:
+            model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), dtype, "base model", base)
         model = _attach_adapter(model, folder, base, recorded)
         kind = "adapter"
     elif (folder / "config.json").is_file():
-        model = _from_pretrained(AutoModelForCausalLM, str(folder), dtype, "merged model", source)
+        if backend == "unsloth":
+            model, _ = FastLanguageModel.from_pretrained(str(folder), max_seq_length=max_seq_length)
+        else:
+            model = _from_pretrained(AutoModelForCausalLM, str(folder), dtype, "merged model", source)
         base, kind = source, "model"
     else:
         raise UserError(f"{folder}: neither an adapter (no adapter_config.json) nor a model folder (no "
                         f"config.json). Fix: pass OUTPUT_DIR/adapter from a training run, or a merged model folder.")
     tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else \
         load_tokenizer(resolve_model_path(base))
-    return Loaded(model.to(device).eval(), tokenizer, style, base, kind)
+    if backend == "unsloth":
+        FastLanguageModel.for_inference(model)  # Unsloth places (and quantizes) the weights itself
+    else:
+        model = model.to(device)
+    return Loaded(model.eval(), tokenizer, style, base, kind)
 
 
 def _from_pretrained(cls, path: str, dtype, what: str, shown: str):

@@ -111,6 +111,17 @@ def test_loading_errors_say_the_fix(tmp_path, tiny_adapter):
         loading.load(str(tiny_adapter), base_model="embedded")
 
 
+def test_unsloth_backend_answers_on_cpu(tiny_adapter, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"Question": "What is anaemia?"}) + "\n")
+    output = tmp_path / "a.jsonl"
+    result = run_inference("--adapter", str(tiny_adapter), "--backend", "unsloth", "--input", str(questions),
+                           "--output", str(output), "--max-new-tokens", "5", "--max-continuations", "0")
+    assert "via unsloth" in result.stdout and result.returncode in (0, 3), result.stdout[-2000:]
+    row, = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["question"] == "What is anaemia?" and 0 < row["tokens"] <= 5
+
+
 def test_adapter_remembers_base_model_and_prompt(tiny_adapter, tiny_model_dir):
     info = json.loads((tiny_adapter / "training_info.json").read_text())
     loaded = loading.load(str(tiny_adapter))

@@ -1,10 +1,12 @@
 """medical_fine_tuning.py run as a user runs it: errors first, then real end-to-end runs on the embedded model."""
 import json
+import subprocess
+import sys
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import SHARED_SAMPLE, run_script
+from conftest import ROOT, SHARED_SAMPLE, run_script
 
 FAKE_TOKEN = "hf_FAKEtokenThatMustNeverBeWritten0123456789"
 
@@ -63,21 +65,48 @@ def test_unsloth_backend_trains_on_cpu(tiny_model_dir, tmp_path):
     assert config["peft_type"] == "LORA" and config["r"] == 16
 
 
-@pytest.mark.e2e
-def test_demo_runs_end_to_end_and_writes_no_secret(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The default command (the CPU demo), shortened to a few steps; a fake HF_TOKEN in the environment."""
+    out = tmp_path_factory.mktemp("demo") / "run"
     result = run_script(f"--OUTPUT_DIR={out}", "--MAX_STEPS=4", "--EVAL_STEPS=2", "--EVAL_SAMPLES=2",
                         "--MAX_NEW_TOKENS=48", env={"HF_TOKEN": FAKE_TOKEN}, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "DEMO MODE" in result.stdout and "[MASKED: not in the loss]" in result.stdout
+    return out, result.stdout
+
+
+@pytest.mark.e2e
+def test_demo_runs_end_to_end_and_writes_no_secret(demo_run):
+    out, stdout = demo_run
+    assert "DEMO MODE" in stdout and "[MASKED: not in the loss]" in stdout
     results = check_run_folder(out, eval_samples=2)
     assert results["settings"]["MODEL_NAME"] == "embedded" and results["settings"]["MAX_STEPS"] == 4
     assert list((out / "wandb").glob("offline-run-*")), "W&B should write offline run files without a key"
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
-    assert FAKE_TOKEN not in result.stdout
+    assert FAKE_TOKEN not in stdout
     for path in out.rglob("*"):
         if path.is_file():
             assert FAKE_TOKEN.encode() not in path.read_bytes(), f"token written to {path}"
+
+
+@pytest.mark.e2e
+def test_inference_answers_with_the_demo_adapter_offline(demo_run, tmp_path):
+    out, _ = demo_run
+    info = json.loads((out / "adapter" / "training_info.json").read_text())
+    assert info["model_name"] == "embedded" and info["system_prompt"]
+    result = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--adapter", str(out / "adapter"),
+                             "--question", "What causes iron deficiency anaemia?", "--max-new-tokens", "32"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert result.returncode in (0, 3), result.stdout[-2000:]  # 3: the answer is incomplete, and says so
+    assert "on embedded" in result.stdout and "[status: " in result.stdout and "not medical advice" in result.stdout
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is gout?"}) + "\n" + json.dumps({"question": "Why?"}) + "\n")
+    batch = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--adapter", str(out / "adapter"),
+                            "--input", str(questions), "--max-new-tokens", "16", "--max-continuations", "1"],
+                           cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    rows = [json.loads(line) for line in questions.with_suffix(".answers.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] == ["What is gout?", "Why?"]
+    assert batch.returncode == (0 if all(r["status"] == "complete" for r in rows) else 3)
 
 
 @pytest.mark.e2e
