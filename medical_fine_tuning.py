@@ -7,6 +7,7 @@
 
 Edit the constants below, then read main() top to bottom: data -> preflight -> model -> train -> save -> evaluate.
 """
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,11 +72,11 @@ def print_settings(cfg, overridden, plan):
 
 
 def main(argv):
-    from medreason import data, metrics, preflight, prompts, runtime, settings, tracking, training
-    from medreason.generation import generate_answers
+    from medreason import data, evaluation, preflight, prompts, report, runtime, settings, tracking, training
+    from medreason.metrics import status_counts
     from medreason.modeling import load_for_training, load_tokenizer, resolve_model_path, save_adapter, \
         trainable_summary
-    from medreason.results import write_results, write_samples
+    from medreason.results import write_results, write_rows, write_samples
 
     timings, start = {}, time.time()
     cfg, overridden = settings.resolve(globals(), argv)
@@ -134,36 +135,46 @@ def main(argv):
     adapter_dir = save_adapter(model, tokenizer, out / "adapter", info)
     print(f"[save] adapter and tokenizer -> {adapter_dir}")
 
-    # 6. Evaluate: eval loss, then answers to held-out questions scored for ROUGE-L and format.
+    # 6. Evaluate: eval loss, then base (adapter disabled) vs tuned answers to held-out questions.
     t = time.time()
     eval_loss = trainer.evaluate()["eval_loss"] if val_ds else None
-    sample = val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows)))) if val_rows else []
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows))))) if val_rows else []
     if plan.backend == "unsloth":
         from unsloth import FastLanguageModel
         FastLanguageModel.for_inference(model)
-    answers = generate_answers(model, tokenizer, [r["Question"] for r in sample], style, cfg.MAX_NEW_TOKENS,
-                               cfg.EVAL_BATCH_SIZE, desc="answering held-out questions")
-    scores = metrics.score_answers(answers, [r["Response"] for r in sample]) if sample else {}
+    comparison = evaluation.compare(model, tokenizer, sample, "reasoning", style, cfg.MAX_NEW_TOKENS,
+                                    cfg.EVAL_BATCH_SIZE, seed=cfg.SEED) if sample else {}
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - start
 
-    eval_metrics = {"rouge_l": scores.get("rouge_l"), "format_compliance": scores.get("format_compliance"),
-                    "eval_loss": eval_loss, "train_loss": train_result.training_loss,
-                    "eval_samples": len(sample), "answer_statuses": scores.get("statuses", {})}
-    samples_path = write_samples(out / "eval_samples.jsonl", sample, answers)
+    tuned = comparison["tuned"] if comparison else None
+    eval_metrics = {"rouge_l": None, "format_compliance": None, "perplexity": None, "eval_loss": eval_loss,
+                    "train_loss": train_result.training_loss, "eval_samples": len(sample),
+                    "answer_statuses": status_counts(tuned.answers) if tuned else {}}
+    if tuned:
+        eval_metrics.update({name: m["value"] for name, m in tuned.metrics.items()})
+        report_files = report.write_report(out / "evaluation", comparison, sample, "reasoning",
+                                           {"data": cfg.DATASET, "max_new_tokens": cfg.MAX_NEW_TOKENS},
+                                           trainer.state.log_history)
+        write_samples(out / "eval_samples.jsonl", sample, tuned.answers, comparison["base"].answers)
+    if val_rows:
+        write_rows(out / "validation.jsonl", val_rows)
     results_path = write_results(out / "results.json", eval_metrics, vars(cfg), plan, timings,
                                  {"data": {"train_rows": len(train_ds), "val_rows": n_val,
-                                           "dropped": dict(dropped), "train_lengths": length_stats}})
+                                           "dropped": dict(dropped), "train_lengths": length_stats},
+                                  "evaluation": report.metrics_json(comparison) if comparison else None})
     run = tracking.current_run()
     run.summary.update({f"final/{k}": v for k, v in eval_metrics.items() if isinstance(v, (int, float))})
     run.finish()
 
     print("=" * 100)
-    print(f"Done in {timings['total'] / 60:.1f} min. Adapter: {adapter_dir}  Results: {results_path}  "
-          f"Answers: {samples_path}")
-    for name in ("eval_loss", "rouge_l", "format_compliance"):
-        value = eval_metrics[name]
-        print(f"  {name:<18} {value:.4f}" if value is not None else f"  {name:<18} n/a")
+    print(f"Done in {timings['total'] / 60:.1f} min. Adapter: {adapter_dir}  Results: {results_path}")
+    if comparison:
+        print(f"Report (base vs tuned): {report_files['report']}")
+        for name, metric in tuned.metrics.items():
+            print(f"  {name:<18} base {comparison['base'].metrics[name]['value']:.4f} -> tuned {metric['value']:.4f}")
+    print(f"  {'eval_loss':<18} {eval_loss:.4f}" if eval_loss is not None else "  eval_loss          n/a")
     print(f"  answer statuses    {eval_metrics['answer_statuses']}")
     return eval_metrics
 

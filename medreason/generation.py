@@ -1,9 +1,8 @@
-"""Batched generation with the shared prompt formatter (left padding, longest prompts first)."""
+"""Batched generation of chat-formatted prompts (left padding, longest prompts first)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prompts import PromptStyle, generation_prompt
 
 
 @dataclass(frozen=True)
@@ -66,10 +65,3 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
     finally:
         tokenizer.padding_side = padding_side
     return results
-
-
-def generate_answers(model, tokenizer, questions: list[str], style: PromptStyle, max_new_tokens: int,
-                     batch_size: int, desc: str = "generating") -> list[str]:
-    """Greedy answers to questions, asked exactly as in training."""
-    prompts = [generation_prompt(tokenizer, q, style) for q in questions]
-    return [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)]

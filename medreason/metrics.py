@@ -1,21 +1,27 @@
-"""Answer-quality metrics: ROUGE-L F of the <response> part (rouge-score) and format compliance."""
+"""Per-answer scores: ROUGE-L F of the <response> part (rouge-score, stemmed) and format compliance."""
 from __future__ import annotations
 
 from .tags import parse_answer
 
 
-def rouge_l(predictions: list[str], references: list[str]) -> float:
+def response_part(answer: str) -> str:
+    """What is scored against the reference: the <response> block, or the whole text when it has no tags."""
+    parsed = parse_answer(answer)
+    return answer if parsed.status == "no_tags" else parsed.response
+
+
+def rouge_l_scores(answers: list[str], references: list[str]) -> list[float]:
     from rouge_score import rouge_scorer
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
-    return sum(scores) / len(scores) if scores else 0.0
+    return [scorer.score(ref, response_part(answer))["rougeL"].fmeasure
+            for answer, ref in zip(answers, references, strict=True)]
 
 
-def score_answers(answers: list[str], references: list[str]) -> dict:
-    """Parse each answer; ROUGE-L on its response part (the whole text when untagged); share complete."""
-    parsed = [parse_answer(a) for a in answers]
-    responses = [p.response if p.status != "no_tags" else a for p, a in zip(parsed, answers)]
-    statuses = [p.status for p in parsed]
-    return {"rouge_l": rouge_l(responses, references),
-            "format_compliance": sum(s == "complete" for s in statuses) / max(len(statuses), 1),
-            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))}}
+def compliance_flags(answers: list[str]) -> list[float]:
+    """1.0 for a closed, non-empty <think> followed by a closed, non-empty <response>, else 0.0."""
+    return [float(parse_answer(answer).complete) for answer in answers]
+
+
+def status_counts(answers: list[str]) -> dict[str, int]:
+    statuses = [parse_answer(answer).status for answer in answers]
+    return {s: statuses.count(s) for s in sorted(set(statuses))}

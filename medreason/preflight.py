@@ -4,15 +4,13 @@ from __future__ import annotations
 import statistics
 
 from .errors import UserError
+from .prompts import tokenize_example
 
 
 def token_lengths(tokenizer, conversation: dict) -> tuple[int, int]:
-    """(prompt tokens, prompt+answer tokens), tokenized the way trl tokenizes a conversational example."""
-    prompt = tokenizer.apply_chat_template(conversation["prompt"], add_generation_prompt=True, tokenize=True,
-                                           return_dict=False)
-    full = tokenizer.apply_chat_template(conversation["prompt"] + conversation["completion"], tokenize=True,
-                                         return_dict=False)
-    return len(prompt), len(full)
+    """(prompt tokens, prompt+answer tokens)."""
+    ids, n_prompt = tokenize_example(tokenizer, conversation)
+    return n_prompt, len(ids)
 
 
 def _percentile(values: list[int], q: float) -> int:

@@ -57,6 +57,16 @@ def to_conversation(row: dict, style: PromptStyle) -> dict:
             "completion": [{"role": "assistant", "content": style.answer(row["Complex_CoT"], row["Response"])}]}
 
 
+def tokenize_example(tokenizer, conversation: dict) -> tuple[list[int], int]:
+    """(token ids of prompt + answer, number of prompt tokens), tokenized the way trl tokenizes a conversational
+    prompt/completion example: the answer's tokens are ids[n_prompt:]."""
+    prompt = tokenizer.apply_chat_template(conversation["prompt"], add_generation_prompt=True, tokenize=True,
+                                           return_dict=False)
+    full = tokenizer.apply_chat_template(conversation["prompt"] + conversation["completion"], tokenize=True,
+                                         return_dict=False)
+    return full, len(prompt)
+
+
 def generation_prompt(tokenizer, question: str, style: PromptStyle) -> str:
     """The text a model continues at evaluation/inference: the training prompt plus the assistant header."""
     return tokenizer.apply_chat_template(prompt_messages(question, style), tokenize=False, add_generation_prompt=True)

@@ -38,13 +38,23 @@ def write_results(path: Path, metrics: dict, settings: dict, plan, timings: dict
     return path
 
 
-def write_samples(path: Path, rows, answers: list[str]) -> Path:
-    """One JSON line per evaluated question: the question, the model's answer parsed, and the reference."""
+def write_samples(path: Path, rows, answers: list[str], base_answers: list[str] | None = None) -> Path:
+    """One JSON line per evaluated question: the tuned answer parsed, the base model's answer, the reference."""
     from .tags import parse_answer
     with path.open("w", encoding="utf-8") as f:
-        for row, answer in zip(rows, answers, strict=True):
+        for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):
             parsed = parse_answer(answer)
-            f.write(json.dumps({"question": row["Question"], "answer": answer, "status": parsed.status,
-                                "thinking": parsed.thinking, "response": parsed.response,
-                                "reference": row["Response"]}, ensure_ascii=False) + "\n")
+            line = {"question": row["Question"], "answer": answer, "status": parsed.status,
+                    "thinking": parsed.thinking, "response": parsed.response, "reference": row["Response"]}
+            if base_answers:
+                line["base_answer"] = base_answers[i]
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_rows(path: Path, rows) -> Path:
+    """Rows as JSON Lines (the held-out validation rows, for evaluate.py to reuse)."""
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path

@@ -26,6 +26,7 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
         gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING and plan.backend == "transformers",  # Unsloth: its own
         eval_strategy="steps" if evaluate else "no",
         eval_steps=cfg.EVAL_STEPS if evaluate else None,
+        eval_on_start=evaluate,  # the loss curve starts from the untrained model's eval loss
         save_strategy="steps",
         save_steps=cfg.SAVE_STEPS,
         save_total_limit=cfg.SAVE_TOTAL_LIMIT,

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from medreason.metrics import score_answers
+from medreason.metrics import compliance_flags, rouge_l_scores, status_counts
 from medreason.prompts import get_style
 from medreason.tags import TAGS, parse_answer
 
@@ -50,7 +50,8 @@ def test_a_cut_off_answer_is_never_complete(thinking, response, data):
 def test_scores_use_the_response_part_and_count_statuses():
     reference = "Iron deficiency anaemia from heavy periods"
     good = STYLE.answer("long reasoning that shares no words", reference)
-    scores = score_answers([good, "<think>unfinished"], [reference, reference])
-    assert scores["format_compliance"] == 0.5
-    assert scores["statuses"] == {"complete": 1, "think_unclosed": 1}
-    assert scores["rouge_l"] == pytest.approx(0.5)  # 1.0 for the tagged answer's response, 0.0 for the other
+    answers = [good, "<think>unfinished", reference]
+    assert compliance_flags(answers) == [1.0, 0.0, 0.0]
+    assert status_counts(answers) == {"complete": 1, "no_tags": 1, "think_unclosed": 1}
+    # the tagged answer is scored on its response only; an untagged one on its whole text
+    assert rouge_l_scores(answers, [reference] * 3) == pytest.approx([1.0, 0.0, 1.0])

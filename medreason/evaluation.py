@@ -1,0 +1,137 @@
+"""Did the fine-tune help? The same prompts through the base model (adapter disabled) and the tuned model.
+
+Metrics, each reported as {"value", "ci95", "n"} with a 95% percentile-bootstrap interval over questions:
+  rouge_l            ROUGE-L F of the <response> part against the reference (medical-o1 rows)
+  format_compliance  share of answers with a closed <think> then a closed <response> (tags.parse_answer)
+  perplexity         of the reference answers, counting only answer tokens (medical-o1 rows)
+  accuracy           share of multiple-choice rows answered with the right letter (unextracted = wrong)
+  extraction_rate    share of multiple-choice answers from which a letter could be extracted
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from .choices import extract_choice, mcq_question
+from .data import FIELDS
+from .errors import UserError
+from .generation import generate
+from .metrics import compliance_flags, rouge_l_scores
+from .prompts import PromptStyle, generation_prompt, to_conversation, tokenize_example
+
+MCQ_FIELDS = ("question", "options", "answer")
+
+
+def detect_kind(records: list[dict], source: str) -> str:
+    """'reasoning' for medical-o1 rows, 'mcq' for {question, options, answer} rows."""
+    keys = set(records[0]) if records else set()
+    if set(FIELDS) <= keys:
+        return "reasoning"
+    if set(MCQ_FIELDS) <= keys:
+        return "mcq"
+    raise UserError(f"{source}: rows have fields {', '.join(sorted(keys)) or 'none'}. Fix: give medical-o1 rows "
+                    f"({', '.join(FIELDS)}) or multiple-choice rows ({', '.join(MCQ_FIELDS)}, options as "
+                    f'{{"A": "…"}}).')
+
+
+def validate_mcq(records: list[dict], source: str) -> list[dict]:
+    for n, row in enumerate(records, start=1):
+        options = row.get("options")
+        if not isinstance(options, dict) or not options or row.get("answer") not in options:
+            raise UserError(f"{source}: row {n} needs 'options' as {{\"A\": text, …}} and 'answer' one of its "
+                            f"letters (got answer {row.get('answer')!r}). Fix the row or drop it.")
+    return records
+
+
+def bootstrap_ci(values: list[float], statistic=None, resamples: int = 1000, seed: int = 0) -> list[float]:
+    """95% percentile interval of the statistic (default: the mean) over resampled items."""
+    statistic = statistic or (lambda xs: sum(xs) / len(xs))
+    if not values:
+        return [math.nan, math.nan]
+    rng = random.Random(seed)
+    stats = sorted(statistic([values[rng.randrange(len(values))] for _ in values]) for _ in range(resamples))
+    return [stats[int(0.025 * (resamples - 1))], stats[int(math.ceil(0.975 * (resamples - 1)))]]
+
+
+def mean_metric(values: list[float], **kwargs) -> dict:
+    value = sum(values) / len(values) if values else math.nan
+    return {"value": value, "ci95": bootstrap_ci(values, **kwargs), "n": len(values)}
+
+
+def perplexity_metric(nll_and_tokens: list[tuple[float, int]], **kwargs) -> dict:
+    """exp(total answer NLL / total answer tokens); rows are resampled whole for the interval."""
+    def pooled(pairs):
+        return math.exp(sum(n for n, _ in pairs) / max(sum(t for _, t in pairs), 1))
+    return {"value": pooled(nll_and_tokens), "ci95": bootstrap_ci(nll_and_tokens, pooled, **kwargs),
+            "n": len(nll_and_tokens)}
+
+
+def answer_nll(model, tokenizer, rows: list[dict], style: PromptStyle, batch_size: int) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each reference answer given its prompt; prompt tokens do not count."""
+    import torch
+    import torch.nn.functional as F
+    examples = [tokenize_example(tokenizer, to_conversation(row, style)) for row in rows]
+    results = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=model.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=model.device)
+        labels = input_ids.clone()
+        for i, (ids, n_prompt) in enumerate(batch):
+            labels[i, :n_prompt] = -100
+            labels[i, len(ids):] = -100
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+            targets = labels[:, 1:]
+            nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            del logits  # do not keep the full-vocabulary logits around
+        counted = targets != -100
+        results += [(float(nll[i][counted[i]].sum()), int(counted[i].sum())) for i in range(len(batch))]
+    return results
+
+
+@dataclass
+class ModelAnswers:
+    answers: list[str]
+    metrics: dict = field(default_factory=dict)
+    extracted: list[str | None] = field(default_factory=list)
+
+
+def questions_for(rows: list[dict], kind: str) -> list[str]:
+    return [row["Question"] if kind == "reasoning" else mcq_question(row["question"], row["options"]) for row in rows]
+
+
+def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max_new_tokens: int, batch_size: int,
+          desc: str, seed: int = 0) -> ModelAnswers:
+    """Generate answers to the rows and compute the metrics of one model."""
+    prompts = [generation_prompt(tokenizer, q, style) for q in questions_for(rows, kind)]
+    answers = [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)]
+    result = ModelAnswers(answers)
+    result.metrics["format_compliance"] = mean_metric(compliance_flags(answers), seed=seed)
+    if kind == "reasoning":
+        rouge = rouge_l_scores(answers, [row["Response"] for row in rows])
+        result.metrics["rouge_l"] = mean_metric(rouge, seed=seed)
+        result.metrics["perplexity"] = perplexity_metric(answer_nll(model, tokenizer, rows, style, batch_size),
+                                                         seed=seed)
+    else:
+        result.extracted = [extract_choice(a, row["options"]) for a, row in zip(answers, rows)]
+        result.metrics["accuracy"] = mean_metric(
+            [float(letter == row["answer"]) for letter, row in zip(result.extracted, rows)], seed=seed)
+        result.metrics["extraction_rate"] = mean_metric([float(x is not None) for x in result.extracted], seed=seed)
+    return result
+
+
+def compare(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max_new_tokens: int,
+            batch_size: int, seed: int = 0, include_base: bool = True) -> dict[str, ModelAnswers]:
+    """The base model (the same weights with the adapter disabled: nothing loaded twice) and the tuned model."""
+    results = {}
+    if include_base:
+        with model.disable_adapter():
+            results["base"] = score(model, tokenizer, rows, kind, style, max_new_tokens, batch_size,
+                                    "base model answering", seed)
+    results["tuned"] = score(model, tokenizer, rows, kind, style, max_new_tokens, batch_size,
+                             "tuned model answering", seed)
+    return results

@@ -1,0 +1,104 @@
+"""Write an evaluation: results.json, report.md (base, tuned, difference), loss-curve and metrics PNGs."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+ORDER = ("rouge_l", "format_compliance", "perplexity", "accuracy", "extraction_rate")
+LOWER_IS_BETTER = {"perplexity"}
+
+
+def metrics_json(results: dict) -> dict:
+    table = {name: answers.metrics for name, answers in results.items()}
+    if "base" in results:
+        table["difference"] = {m: results["tuned"].metrics[m]["value"] - results["base"].metrics[m]["value"]
+                               for m in results["tuned"].metrics}
+    return table
+
+
+def _fmt(metric: dict) -> str:
+    lo, hi = metric["ci95"]
+    return f"{metric['value']:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(metric["value"]) else "n/a"
+
+
+def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    if not train:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="training loss", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)", title="Loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(results: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [m for m in ORDER if m in results["tuned"].metrics]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        models = list(results)
+        values = [results[m].metrics[name]["value"] for m in models]
+        errors = [[v - results[m].metrics[name]["ci95"][0] for m, v in zip(models, values)],
+                  [results[m].metrics[name]["ci95"][1] - v for m, v in zip(models, values)]]
+        ax.bar(models, values, yerr=errors, capsize=4, color=["#999999", "#2b7bba"][-len(models):])
+        ax.set_title(name + (" (lower is better)" if name in LOWER_IS_BETTER else ""), fontsize=9)
+    fig.suptitle(f"Base vs tuned, 95% bootstrap intervals (n = {results['tuned'].metrics[names[0]]['n']})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def side_by_side(rows: list[dict], results: dict, kind: str, count: int = 3, width: int = 700) -> list[str]:
+    def cut(text):
+        return text if len(text) <= width else text[:width] + " …"
+    lines = []
+    for i, row in enumerate(rows[:count]):
+        question = row["Question"] if kind == "reasoning" else row["question"]
+        reference = row["Response"] if kind == "reasoning" else f"{row['answer']}. {row['options'][row['answer']]}"
+        lines += [f"### Example {i + 1}", "", f"**Question:** {question}", "", f"**Reference:** {cut(reference)}", ""]
+        for name, answers in results.items():
+            lines += [f"**{name.capitalize()}:**", "", "```text", cut(answers.answers[i]), "```", ""]
+    return lines
+
+
+def write_report(out_dir: Path, results: dict, rows: list[dict], kind: str, meta: dict,
+                 log_history: list[dict] | None = None) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"results": out_dir / "results.json", "report": out_dir / "report.md"}
+    payload = {"kind": kind, **meta, **metrics_json(results)}
+    files["results"].write_text(json.dumps(payload, indent=2) + "\n")
+    files["metrics_chart"] = plot_metrics(results, out_dir / "metrics.png")
+    loss = plot_loss_curve(log_history or [], out_dir / "loss_curve.png")
+    if loss:
+        files["loss_curve"] = loss
+    models = list(results)
+    lines = ["# Evaluation report", "", f"Data: {meta.get('data', '?')} ({kind}, n = {len(rows)}). "
+             "Each cell: value [95% bootstrap interval]. Base = the same weights with the adapter disabled. "
+             "Higher is better, except perplexity. Overlapping intervals mean the difference is not yet "
+             "distinguishable from noise at this sample size.", "",
+             "| metric | " + " | ".join(models) + (" | difference |" if "base" in results else ""),
+             "|---" * (len(models) + 1 + ("base" in results)) + "|"]
+    for name in ORDER:
+        if name in results["tuned"].metrics:
+            cells = [_fmt(results[m].metrics[name]) for m in models]
+            diff = payload.get("difference", {}).get(name)
+            lines.append(f"| {name} | " + " | ".join(cells) + (f" | {diff:+.3f} |" if diff is not None else " |"))
+    lines += ["", "![metrics](metrics.png)", ""] + (["![loss curve](loss_curve.png)", ""] if loss else [])
+    lines += ["## Side by side", ""] + side_by_side(rows, results, kind)
+    files["report"].write_text("\n".join(lines) + "\n")
+    return files
