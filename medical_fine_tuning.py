@@ -51,9 +51,16 @@ EVAL_BATCH_SIZE = 8  # questions generated (and eval rows scored) together; lowe
 MAX_NEW_TOKENS = 1024  # generation budget per answer: a chain of thought needs ~500-900 tokens to reach </response>
 
 # --- output and tracking ---------------------------------------------------------------------------------------------
-OUTPUT_DIR = "outputs/medical-llama-3.2-3b"  # checkpoints/, adapter/, results.json, eval_samples.jsonl
+OUTPUT_DIR = "outputs/medical-llama-3.2-3b"  # checkpoints/, adapter/, evaluation/, results.json
 REPORT_TO = "wandb"  # "wandb" (offline run files when WANDB_API_KEY is not set) or "none"
 WANDB_PROJECT = "medical-reasoning"  # W&B project name (WANDB_PROJECT in .env wins)
+
+# --- publishing and exports ------------------------------------------------------------------------------------------
+PUSH_TO_HUB: bool | str = False  # True: upload adapter + model card (needs HF_TOKEN); "dry-run": build the folder only
+HF_REPO_ID = ""  # e.g. "your-name/medical-llama-3.2-3b-lora"; empty = HF_REPO_ID from .env
+HF_PRIVATE = True  # create the Hub repo private (make it public on the Hub when you are happy with it)
+SAVE_MERGED = False  # also write OUTPUT_DIR/merged: base + adapter folded into one 16-bit model (~6 GB for 3B)
+SAVE_GGUF = ""  # "" = none; "q4_k_m" (small, for Ollama/llama.cpp) or "q8_0": needs llama.cpp, Unsloth backend
 
 
 def print_settings(cfg, overridden, plan):
@@ -72,7 +79,8 @@ def print_settings(cfg, overridden, plan):
 
 
 def main(argv):
-    from medreason import data, evaluation, preflight, prompts, report, runtime, settings, tracking, training
+    from medreason import data, evaluation, exports, preflight, prompts, publishing, report, runtime, settings, \
+        tracking, training
     from medreason.metrics import status_counts
     from medreason.modeling import load_for_training, load_tokenizer, resolve_model_path, save_adapter, \
         trainable_summary
@@ -85,6 +93,9 @@ def main(argv):
     print_settings(cfg, overridden, plan)
     out = Path(cfg.OUTPUT_DIR)
     style = prompts.get_style(cfg.PROMPT_STYLE)
+    push_plan = publishing.check_push(cfg.PUSH_TO_HUB, cfg.HF_REPO_ID, cfg.HF_PRIVATE, out.name)  # token: now, not
+    for note in exports.check_exports(cfg.SAVE_GGUF, plan.backend):                           # after training
+        print(f"[preflight] {note}")
 
     # 1. Data: read, validate and split before any model is loaded.
     rows, dropped = data.validate(data.load_records(cfg.DATASET, cfg.DATASET_CONFIG), cfg.DATASET)
@@ -164,6 +175,14 @@ def main(argv):
                                  {"data": {"train_rows": len(train_ds), "val_rows": n_val,
                                            "dropped": dict(dropped), "train_lengths": length_stats},
                                   "evaluation": report.metrics_json(comparison) if comparison else None})
+    # 7. Exports and publishing: the adapter is already on disk, so nothing here can lose it.
+    if cfg.SAVE_MERGED:
+        merged = exports.save_merged(model, tokenizer, plan.backend, model_path, adapter_dir, out / "merged")
+        print(f"[export] merged 16-bit model -> {merged}")
+    if cfg.SAVE_GGUF:
+        print(f"[export] GGUF ({cfg.SAVE_GGUF}) -> {exports.save_gguf(model, tokenizer, out / 'gguf', cfg.SAVE_GGUF)}")
+    pushed = publishing.publish(out, push_plan)
+
     run = tracking.current_run()
     run.summary.update({f"final/{k}": v for k, v in eval_metrics.items() if isinstance(v, (int, float))})
     run.finish()
@@ -176,12 +195,13 @@ def main(argv):
             print(f"  {name:<18} base {comparison['base'].metrics[name]['value']:.4f} -> tuned {metric['value']:.4f}")
     print(f"  {'eval_loss':<18} {eval_loss:.4f}" if eval_loss is not None else "  eval_loss          n/a")
     print(f"  answer statuses    {eval_metrics['answer_statuses']}")
-    return eval_metrics
+    return eval_metrics, pushed
 
 
 if __name__ == "__main__":
     from medreason.errors import UserError
     try:
-        main(sys.argv[1:])
+        _, pushed = main(sys.argv[1:])
+        sys.exit(0 if pushed else 4)  # 4: trained and saved, but the Hub push failed (its retry command is printed)
     except UserError as error:
         sys.exit(f"error: {error}")

@@ -45,13 +45,13 @@ def _parse_value(raw: str):
 
 def _coerce(name: str, raw: str, default, annotation):
     allowed = _allowed_types(default, annotation)
-    if str in allowed:  # strings are taken verbatim: --OUTPUT_DIR=2024 stays "2024"
-        return None if type(None) in allowed and raw.lower() in {"none", "null"} else raw
     value = _parse_value(raw)
     if list in allowed and isinstance(value, str):  # --TARGET_MODULES=q_proj,v_proj
         value = [part.strip() for part in value.split(",") if part.strip()]
     if float in allowed and type(value) is int:
         value = float(value)
+    if type(value) not in allowed and str in allowed:  # text stays text: --OUTPUT_DIR=2024 is "2024"
+        value = raw
     if type(value) not in allowed:
         names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
         raise SettingsError(f"--{name}={raw}: expected {names} (the default is {default!r}). "

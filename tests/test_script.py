@@ -83,6 +83,18 @@ def test_demo_runs_end_to_end_and_writes_no_secret(demo_run):
     assert results["settings"]["MODEL_NAME"] == "embedded" and results["settings"]["MAX_STEPS"] == 4
     assert list((out / "wandb").glob("offline-run-*")), "W&B should write offline run files without a key"
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
+    assert (out / "evaluation" / "report.md").is_file() and results["evaluation"]["base"]["perplexity"]["n"] == 2
+    # The demo's dry-run publish: the exact upload folder, with a card holding this run's real numbers.
+    from huggingface_hub import ModelCard
+    upload = out / "hub_upload"
+    assert {p.name for p in upload.iterdir()} == {p.name for p in (out / "adapter").iterdir()} | {"README.md"}
+    card = ModelCard.load(upload / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    tuned = results["evaluation"]["tuned"]
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "rougeL": round(tuned["rouge_l"]["value"], 4), "format_compliance": round(tuned["format_compliance"]["value"], 4),
+        "perplexity": round(tuned["perplexity"]["value"], 4)}
+    assert "dry run: nothing uploaded" in stdout
     assert FAKE_TOKEN not in stdout
     for path in out.rglob("*"):
         if path.is_file():

@@ -3,8 +3,8 @@ import pytest
 from medreason.settings import SettingsError, parse_overrides, resolve
 
 DEFAULTS = {"MAX_STEPS": 200, "LEARNING_RATE": 2e-4, "LOAD_IN_4BIT": True, "OUTPUT_DIR": "outputs/x",
-            "TARGET_MODULES": ["q_proj", "v_proj"], "TRAIN_SAMPLES": None}
-ANNOTATIONS = {"TRAIN_SAMPLES": int | None}
+            "TARGET_MODULES": ["q_proj", "v_proj"], "TRAIN_SAMPLES": None, "PUSH_TO_HUB": False}
+ANNOTATIONS = {"TRAIN_SAMPLES": int | None, "PUSH_TO_HUB": bool | str}
 
 
 def parse(*args):
@@ -20,6 +20,9 @@ def test_values_are_parsed_to_the_default_type():
     assert parse("--TARGET_MODULES=['o_proj']")["TARGET_MODULES"] == ["o_proj"]
     assert parse("--TRAIN_SAMPLES=500") == {"TRAIN_SAMPLES": 500}
     assert parse("--TRAIN_SAMPLES=None") == {"TRAIN_SAMPLES": None}
+    assert parse("--PUSH_TO_HUB=true") == {"PUSH_TO_HUB": True}
+    assert parse("--PUSH_TO_HUB=dry-run") == {"PUSH_TO_HUB": "dry-run"}
+    assert parse("--OUTPUT_DIR=True") == {"OUTPUT_DIR": "True"}
 
 
 @pytest.mark.parametrize("arg, expected", [

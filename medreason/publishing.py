@@ -1,0 +1,190 @@
+"""Publish a run: a model card rendered from its real results, an upload folder, and a Hub push that cannot lose
+the adapter (it is always saved locally first; a failed push keeps everything and prints how to retry)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embedded import EMBEDDED, EMBEDDED_HUB_ID
+from .errors import UserError
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+PROJECT = ("medical-reasoning fine-tuning", "https://github.com/")
+UPLOAD_DIR = "hub_upload"
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    mode: str  # "off", "dry-run" or "push"
+    repo_id: str
+    private: bool
+
+
+def check_push(push_to_hub, repo_id: str, private: bool, run_name: str) -> PushPlan:
+    """Preflight, before any model loads: a push needs a token and a well-formed repo id."""
+    if push_to_hub in (False, "off", "none", ""):
+        return PushPlan("off", repo_id, private)
+    if push_to_hub not in (True, "dry-run"):
+        raise UserError(f"PUSH_TO_HUB={push_to_hub!r}: use False, True or 'dry-run'.")
+    repo_id = repo_id or os.environ.get("HF_REPO_ID", "")
+    if push_to_hub == "dry-run":
+        return PushPlan("dry-run", repo_id or f"your-name/{run_name}", private)
+    if not os.environ.get("HF_TOKEN"):
+        raise UserError("PUSH_TO_HUB=True needs a Hugging Face token with write access. Fix: put HF_TOKEN=hf_… in "
+                        ".env (see .env.example) or the environment, or use --PUSH_TO_HUB=dry-run to build the "
+                        "upload folder without pushing.")
+    check_repo_id(repo_id)
+    return PushPlan("push", repo_id, private)
+
+
+def check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        if repo_id.count("/") != 1:
+            raise HFValidationError("it must be namespace/name")
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f"HF_REPO_ID={repo_id!r} is not a valid Hub repo id ({e}). Fix: --HF_REPO_ID=your-name/"
+                        f"medical-llama-3.2-3b-lora (letters, digits, '-', '_', '.'; set it in .env or the "
+                        f"script).") from None
+
+
+def license_for(base_model: str) -> str:
+    """The adapter inherits the base model's license."""
+    name = base_model.lower()
+    if "llama-3.2" in name:
+        return "llama3.2"
+    if "llama-3.1" in name:
+        return "llama3.1"
+    if "smollm" in name or "qwen" in name or "mistral" in name:
+        return "apache-2.0"
+    return "other"
+
+
+def _run_facts(run_dir: Path) -> tuple[dict, dict, dict]:
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise UserError(f"{results_path} not found: publish a folder written by medical_fine_tuning.py "
+                        f"(its OUTPUT_DIR).")
+    adapter = run_dir / "adapter"
+    info = json.loads((adapter / "training_info.json").read_text()) if (adapter / "training_info.json").is_file() \
+        else {}
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    return json.loads(results_path.read_text()), info, adapter_config
+
+
+def _evaluation_table(evaluation: dict | None) -> tuple[str, str]:
+    if not evaluation or "tuned" not in evaluation:
+        return "No evaluation was run for this adapter.", ""
+    rows = ["| metric | base model | this adapter | difference |", "| --- | --- | --- | --- |"]
+    for name, tuned in evaluation["tuned"].items():
+        base = evaluation.get("base", {}).get(name)
+        cell = lambda m: f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"  # noqa: E731
+        diff = evaluation.get("difference", {}).get(name)
+        rows.append(f"| {name} | {cell(base) if base else 'n/a'} | {cell(tuned)} | "
+                    f"{'n/a' if diff is None else f'{diff:+.3f}'} |")
+    n = next(iter(evaluation["tuned"].values()))["n"]
+    intro = (f"Measured after training on {n} held-out questions, base model (adapter disabled) against this adapter, "
+             f"same prompts, greedy decoding. Each cell is the value and its 95% bootstrap interval. ROUGE-L is of "
+             f"the `<response>` part against the reference answer; format compliance is the share of answers with "
+             f"a closed `<think>` block followed by a closed `<response>` block; perplexity is of the reference "
+             f"answers (lower is better).")
+    return intro, "\n".join(rows)
+
+
+def render_card(run_dir: Path, repo_id: str):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    results, info, adapter_config = _run_facts(run_dir)
+    settings = results["settings"]
+    base = EMBEDDED_HUB_ID if info.get("model_name") == EMBEDDED else adapter_config["base_model_name_or_path"]
+    dataset = settings.get("DATASET", "")
+    hub_dataset = dataset if dataset.count("/") == 1 and not Path(dataset).exists() else None
+    tuned = (results.get("evaluation") or {}).get("tuned", {})
+    metric_names = {"rouge_l": ("rougeL", "ROUGE-L F of the response"),
+                    "format_compliance": ("format_compliance", "closed <think> then <response>"),
+                    "perplexity": ("perplexity", "reference-answer perplexity")}
+    eval_results = [EvalResult(task_type="text-generation", dataset_type=hub_dataset or "local",
+                               dataset_name=hub_dataset or Path(dataset).name, dataset_split="held-out validation",
+                               metric_type=metric_names[name][0], metric_name=metric_names[name][1],
+                               metric_value=round(metric["value"], 4))
+                    for name, metric in tuned.items() if name in metric_names]
+    backend = info.get("backend", results.get("plan", {}).get("backend", "transformers"))
+    card_data = ModelCardData(
+        base_model=base, library_name="peft", license=license_for(base), language=["en"],
+        datasets=[hub_dataset] if hub_dataset else None, pipeline_tag="text-generation",
+        tags=["medical", "chain-of-thought", "reasoning", "lora", "sft", "trl", backend],
+        model_name=repo_id.split("/")[-1], eval_results=eval_results or None)
+    intro, table = _evaluation_table(results.get("evaluation"))
+    data = results.get("data", {})
+    adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
+    shown = ["MODEL_NAME", "MAX_SEQ_LENGTH", "LOAD_IN_4BIT", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES",
+             "LEARNING_RATE", "LR_SCHEDULER", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "SEED", "PROMPT_STYLE"]
+    extra = ("- Trained as a demo on a small illustrative dataset with a 135M-parameter model: it shows the pipeline "
+             "working, not a useful medical model." if info.get("model_name") == EMBEDDED else "")
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id,
+        base_model=base, project_name=PROJECT[0], project_url=PROJECT[1], backend=backend,
+        dataset_description=(f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset
+                             else f"the local file `{Path(dataset).name}`"),
+        adapter_size=f"{adapter_file.stat().st_size / 1e6:.1f} MB" if adapter_file.is_file() else "a few MB",
+        evaluation_intro=intro, evaluation_table=table,
+        settings_table="\n".join(f"| `{k}` | `{settings[k]}` |" for k in shown if k in settings),
+        data_summary=(f"{data.get('train_rows', '?')} training rows, {data.get('val_rows', '?')} held out "
+                      f"for validation; rows dropped in validation: {data.get('dropped') or 'none'}."),
+        system_prompt=info.get("system_prompt", ""),
+        versions=", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()),
+        max_new_tokens=settings.get("MAX_NEW_TOKENS", 1024), eval_n=results["metrics"].get("eval_samples", "?"),
+        extra_limitations=extra)
+
+
+def build_upload_folder(run_dir: Path, repo_id: str) -> Path:
+    """Exactly what would be uploaded: the adapter's files and the card as README.md."""
+    card = render_card(run_dir, repo_id)
+    folder = run_dir / UPLOAD_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in (run_dir / "adapter").iterdir():
+        if path.is_file() and path.name != "README.md":  # peft's placeholder card is replaced by ours
+            shutil.copy2(path, folder / path.name)
+    card.save(folder / "README.md")
+    return folder
+
+
+def describe_folder(folder: Path) -> str:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return "\n".join(f"  {p.stat().st_size / 1e6:9.2f} MB  {p.name}" for p in files)
+
+
+def push(folder: Path, plan: PushPlan) -> str:
+    """Create the repo if needed and upload the folder; returns the repo URL."""
+    from huggingface_hub import HfApi
+    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    url = api.create_repo(plan.repo_id, private=plan.private, exist_ok=True)
+    api.upload_folder(repo_id=plan.repo_id, folder_path=str(folder), commit_message="Upload medical reasoning adapter")
+    return str(url)
+
+
+def retry_command(run_dir: Path, plan: PushPlan) -> str:
+    return f"python publish.py --output-dir {run_dir} --repo-id {plan.repo_id}" + ("" if plan.private else " --public")
+
+
+def publish(run_dir: Path, plan: PushPlan) -> bool:
+    """Build the upload folder, then push it unless this is a dry run. False if the push failed."""
+    if plan.mode == "off":
+        return True
+    folder = build_upload_folder(run_dir, plan.repo_id)
+    print(f"[publish] upload folder for {plan.repo_id} ({'private' if plan.private else 'public'}): {folder}")
+    print(describe_folder(folder))
+    if plan.mode == "dry-run":
+        print("[publish] dry run: nothing uploaded. Push it with: " + retry_command(run_dir, plan))
+        return True
+    try:
+        print(f"[publish] pushed: {push(folder, plan)}")
+        return True
+    except Exception as e:  # network, auth, quota: whatever it is, nothing local is touched
+        print(f"[publish] the push to {plan.repo_id} FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+              f" Everything is kept in {run_dir}. Retry the push alone with:\n  {retry_command(run_dir, plan)}")
+        return False

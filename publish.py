@@ -1,0 +1,32 @@
+"""Publish (or re-publish) a finished run to the Hugging Face Hub: the adapter with a model card of its results.
+
+    python publish.py --output-dir outputs/medical-llama-3.2-3b --repo-id your-name/medical-llama-3.2-3b-lora
+    python publish.py --output-dir outputs/medical-llama-3.2-3b --dry-run     # build and list the folder only
+
+HF_TOKEN (write access) comes from .env or the environment and is never printed.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output-dir", type=Path, required=True, help="the OUTPUT_DIR of a training run")
+    p.add_argument("--repo-id", default="", help="namespace/name on the Hub (default: HF_REPO_ID from .env)")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    p.add_argument("--dry-run", action="store_true", help="build and list the upload folder, upload nothing")
+    args = p.parse_args(argv)
+    from medreason import publishing, tracking
+    tracking.load_secrets()
+    plan = publishing.check_push("dry-run" if args.dry_run else True, args.repo_id, not args.public,
+                                 args.output_dir.name)
+    return 0 if publishing.publish(args.output_dir, plan) else 4
+
+
+if __name__ == "__main__":
+    from medreason.errors import UserError
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as error:
+        sys.exit(f"error: {error}")
