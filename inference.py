@@ -68,6 +68,7 @@ def main(argv) -> int:
     args = parse_args(argv)
     from medreason import answering, display, loading, tracking
     from medreason.generation import Sampling
+    from medreason.prompts import DISCLAIMER
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
     backend = loading.choose_backend(args.backend)
     loaded = loading.load(args.adapter, args.base_model, backend)
@@ -83,7 +84,7 @@ def main(argv) -> int:
                                          args.max_new_tokens, streamer=streamer, **options)
         print(f"\n[status: {answer.status}; {answer.tokens} tokens; {answer.continuations} continuation(s)]")
         if disclaimer:
-            print(display.DISCLAIMER)
+            print(DISCLAIMER)
         return answer
 
     if args.question:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import sys
 
-from .prompts import DISCLAIMER
-
 
 def fold_thinking(text: str) -> tuple[str, bool]:
     """(text with the <think> block folded to one line, whether the block is still open)."""

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embedded import EMBEDDED, embedded_model_dir
+from .embedded import EMBEDDED
 from .errors import UserError
 from .prompts import PromptStyle, get_style
 

@@ -185,6 +185,7 @@ def publish(run_dir: Path, plan: PushPlan) -> bool:
         print(f"[publish] pushed: {push(folder, plan)}")
         return True
     except Exception as e:  # network, auth, quota: whatever it is, nothing local is touched
-        print(f"[publish] the push to {plan.repo_id} FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
-              f" Everything is kept in {run_dir}. Retry the push alone with:\n  {retry_command(run_dir, plan)}")
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"[publish] the push to {plan.repo_id} FAILED ({reason}). Everything is kept in {run_dir}. "
+              f"Retry the push alone with:\n  {retry_command(run_dir, plan)}")
         return False

@@ -67,7 +67,8 @@ def run_script(*args, timeout=1500, env=None):
 
 
 PARROT_ANSWERS = {
-    "Which drug class causes a dry cough?": "<think>\nbradykinin builds up\n</think>\n<response>\nACE inhibitors\n</response>",
+    "Which drug class causes a dry cough?":
+        "<think>\nbradykinin builds up\n</think>\n<response>\nACE inhibitors\n</response>",
     "What should be checked first?": "<think>\nthe airway comes first\n</think>",
 }
 

@@ -2,7 +2,8 @@ import pytest
 
 from medreason.choices import extract_choice, mcq_question
 
-OPTIONS = {"A": "Iron deficiency", "B": "Vitamin B12 deficiency", "C": "Thalassaemia", "D": "Anaemia of chronic disease"}
+OPTIONS = {"A": "Iron deficiency", "B": "Vitamin B12 deficiency", "C": "Thalassaemia",
+           "D": "Anaemia of chronic disease"}
 
 
 @pytest.mark.parametrize("answer, letter", [

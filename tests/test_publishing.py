@@ -22,8 +22,8 @@ def test_push_preflight_needs_a_token_and_a_valid_repo_id(monkeypatch):
     for bad in ("", "no-namespace", "me/has space", "me/--bad--", "a/b/c"):
         with pytest.raises(UserError, match="not a valid Hub repo id.*Fix"):
             publishing.check_push(True, bad, True, "run")
-    assert publishing.check_push(True, "me/medical-lora", False, "run") == publishing.PushPlan("push", "me/medical-lora",
-                                                                                              False)
+    plan = publishing.check_push(True, "me/medical-lora", False, "run")
+    assert plan == publishing.PushPlan("push", "me/medical-lora", False)
     monkeypatch.setenv("HF_REPO_ID", "me/from-env")
     assert publishing.check_push(True, "", True, "run").repo_id == "me/from-env"
     assert publishing.check_push("dry-run", "", True, "run").mode == "dry-run"

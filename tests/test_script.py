@@ -92,8 +92,8 @@ def test_demo_runs_end_to_end_and_writes_no_secret(demo_run):
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
     tuned = results["evaluation"]["tuned"]
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
-        "rougeL": round(tuned["rouge_l"]["value"], 4), "format_compliance": round(tuned["format_compliance"]["value"], 4),
-        "perplexity": round(tuned["perplexity"]["value"], 4)}
+        "rougeL": round(tuned["rouge_l"]["value"], 4), "perplexity": round(tuned["perplexity"]["value"], 4),
+        "format_compliance": round(tuned["format_compliance"]["value"], 4)}
     assert "dry run: nothing uploaded" in stdout
     assert FAKE_TOKEN not in stdout
     for path in out.rglob("*"):
