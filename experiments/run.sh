@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1; shift
 out=outputs/experiments/$name
+mkdir -p outputs/experiments
 start=$(date +%s)
 .venv/bin/python medical_fine_tuning.py --OUTPUT_DIR="$out" --REPORT_TO=none --PUSH_TO_HUB=False "$@" \
   > "$out.log" 2>&1 || { echo "$name FAILED (see $out.log)"; exit 1; }

@@ -30,7 +30,8 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
 
 
-def _hardware():
+def detect_hardware() -> tuple[str, str, bool]:
+    """(device kind, its name, whether it computes in bf16)."""
     import torch
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
@@ -64,7 +65,7 @@ def _import_unsloth() -> str | None:
 
 
 def plan_run(cfg, overridden: set[str]) -> Plan:
-    device, device_name, bf16_ok = _hardware()
+    device, device_name, bf16_ok = detect_hardware()
     reasons = [f"device: {device_name}"]
     demo_settings = apply_demo_profile(cfg, overridden, device)
     if demo_settings:

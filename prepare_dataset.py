@@ -1,0 +1,94 @@
+"""Prepare a dataset for training: validate, deduplicate, take a representative seeded subset, split, describe.
+
+    python prepare_dataset.py --dataset FreedomIntelligence/medical-o1-reasoning-SFT --size 1000 --output data/o1-1k
+    python prepare_dataset.py --dataset ../shared/data/medical_o1_sample.jsonl --size 100 --output data/sample
+
+Writes <output>/train.jsonl and <output>/test.jsonl (give either to the trainer as --DATASET), stats.json and
+length_histogram.png, and prints the statistics: rows kept and dropped with reasons, token lengths per field with
+the chosen tokenizer, and how many rows exceed MAX_SEQ_LENGTH.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SIZE = 1000  # rows in the subset (train + test); the HuatuoGPT-o1-style pipeline trains on 500-1,000
+TEST_FRACTION = 0.1  # 90/10 split
+SEED = 3407
+TOKENIZER = "embedded"  # whose tokens are counted: "embedded", a Hub id or a local model folder
+MAX_SEQ_LENGTH = 1024  # the trainer's setting: rows longer than this would be truncated
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="Hub dataset id or a .jsonl/.json/.parquet/.csv file")
+    p.add_argument("--config", default="en", help="Hub dataset subset (ignored for files)")
+    p.add_argument("--size", type=int, default=SIZE, help="rows to keep (0 = all)")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--tokenizer", default=TOKENIZER)
+    p.add_argument("--max-seq-length", type=int, default=MAX_SEQ_LENGTH)
+    return p.parse_args(argv)
+
+
+def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "en",
+            test_fraction: float = TEST_FRACTION, seed: int = SEED, tokenizer_name: str = TOKENIZER,
+            max_seq_length: int = MAX_SEQ_LENGTH) -> dict:
+    from medreason import data, preflight, preparation, prompts
+    from medreason.modeling import load_tokenizer, resolve_model_path
+    from medreason.results import write_rows
+    records = data.load_records(dataset, config)
+    rows, dropped = data.validate(records, dataset)
+    rows, duplicates = preparation.deduplicate(rows)
+    if duplicates:
+        dropped["duplicate question"] = duplicates
+    tokenizer = load_tokenizer(resolve_model_path(tokenizer_name))
+    style = prompts.get_style("think_response")
+    example_lengths = [preflight.token_lengths(tokenizer, prompts.to_conversation(r, style))[1] for r in rows]
+    chosen = preparation.stratified_subset(rows, example_lengths, size or len(rows), seed)
+    subset = [rows[i] for i in chosen]
+    lengths = {**preparation.field_token_lengths(tokenizer, subset, data.FIELDS),
+               "example": [example_lengths[i] for i in chosen]}
+    train, test = preparation.train_test_split(subset, test_fraction, seed)
+    output.mkdir(parents=True, exist_ok=True)
+    write_rows(output / "train.jsonl", train)
+    write_rows(output / "test.jsonl", test)
+    preparation.plot_histogram(lengths, max_seq_length, output / "length_histogram.png")
+    stats = {"source": dataset, "read": len(records), "kept": len(rows), "dropped": dict(dropped),
+             "subset": len(subset), "train": len(train), "test": len(test), "seed": seed, "tokenizer": tokenizer_name,
+             "tokens": {name: preparation.describe(values) for name, values in lengths.items()},
+             "over_max_seq_length": sum(n > max_seq_length for n in lengths["example"]),
+             "max_seq_length": max_seq_length, "question_types": {"all": preparation.type_counts(rows),
+                                                                 "subset": preparation.type_counts(subset)}}
+    (output / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def print_stats(stats: dict, output: Path) -> None:
+    print(f"read {stats['read']} rows from {stats['source']}; kept {stats['kept']}; dropped "
+          f"{sum(stats['dropped'].values())}: {stats['dropped'] or 'none'}")
+    print(f"subset {stats['subset']} (seed {stats['seed']}) -> train {stats['train']}, test {stats['test']}")
+    print(f"tokens ({stats['tokenizer']}):")
+    for name, d in stats["tokens"].items():
+        print(f"  {name:<12} min {d['min']:>5}  median {d['median']:>5}  p95 {d['p95']:>5}  max {d['max']:>5}")
+    print(f"rows longer than MAX_SEQ_LENGTH={stats['max_seq_length']}: {stats['over_max_seq_length']}")
+    print(f"question types (all -> subset): {stats['question_types']['all']} -> {stats['question_types']['subset']}")
+    print(f"wrote {output}/train.jsonl, test.jsonl, stats.json, length_histogram.png")
+    print(f"train on it: python medical_fine_tuning.py --DATASET={output}/train.jsonl")
+
+
+def main(argv) -> dict:
+    args = parse_args(argv)
+    stats = prepare(args.dataset, args.output, args.size, args.config, args.test_fraction, args.seed,
+                    args.tokenizer, args.max_seq_length)
+    print_stats(stats, args.output)
+    return stats
+
+
+if __name__ == "__main__":
+    from medreason.errors import UserError
+    try:
+        main(sys.argv[1:])
+    except UserError as error:
+        sys.exit(f"error: {error}")
