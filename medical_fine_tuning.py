@@ -79,12 +79,11 @@ def print_settings(cfg, overridden, plan):
 
 
 def main(argv):
-    from medreason import data, evaluation, exports, preflight, prompts, publishing, report, runtime, settings, \
-        tracking, training
-    from medreason.metrics import status_counts
+    from medreason import data, evaluation, exports, preflight, prompts, publishing, runtime, settings, tracking, \
+        training
     from medreason.modeling import load_for_training, load_tokenizer, resolve_model_path, save_adapter, \
         trainable_summary
-    from medreason.results import write_results, write_rows, write_samples
+    from medreason.results import write_run
 
     timings, start = {}, time.time()
     cfg, overridden = settings.resolve(globals(), argv)
@@ -93,8 +92,9 @@ def main(argv):
     print_settings(cfg, overridden, plan)
     out = Path(cfg.OUTPUT_DIR)
     style = prompts.get_style(cfg.PROMPT_STYLE)
-    push_plan = publishing.check_push(cfg.PUSH_TO_HUB, cfg.HF_REPO_ID, cfg.HF_PRIVATE, out.name)  # token: now, not
-    for note in exports.check_exports(cfg.SAVE_GGUF, plan.backend):                           # after training
+    # A push without a token, or an export that cannot work, is found now, not after hours of training.
+    push_plan = publishing.check_push(cfg.PUSH_TO_HUB, cfg.HF_REPO_ID, cfg.HF_PRIVATE, out.name)
+    for note in exports.check_exports(cfg.SAVE_GGUF, plan.backend):
         print(f"[preflight] {note}")
 
     # 1. Data: read, validate and split before any model is loaded.
@@ -150,31 +150,20 @@ def main(argv):
     t = time.time()
     eval_loss = trainer.evaluate()["eval_loss"] if val_ds else None
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows))))) if val_rows else []
     if plan.backend == "unsloth":
         from unsloth import FastLanguageModel
         FastLanguageModel.for_inference(model)
-    comparison = evaluation.compare(model, tokenizer, sample, "reasoning", style, cfg.MAX_NEW_TOKENS,
-                                    cfg.EVAL_BATCH_SIZE, seed=cfg.SEED) if sample else {}
-    timings["evaluate"] = time.time() - t
-    timings["total"] = time.time() - start
+    sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, n_val)))) if val_rows else []
+    comparison = evaluation.evaluate_held_out(model, tokenizer, sample, style, cfg.MAX_NEW_TOKENS,
+                                              cfg.EVAL_BATCH_SIZE, cfg.SEED, out / "evaluation",
+                                              {"data": cfg.DATASET, "max_new_tokens": cfg.MAX_NEW_TOKENS},
+                                              trainer.state.log_history)
+    timings["evaluate"], timings["total"] = time.time() - t, time.time() - start
+    results_path, eval_metrics = write_run(out, cfg, plan, timings, comparison, eval_loss,
+                                           train_result.training_loss, sample, val_rows,
+                                           {"train_rows": len(train_ds), "val_rows": n_val, "dropped": dict(dropped),
+                                            "train_lengths": length_stats})
 
-    tuned = comparison["tuned"] if comparison else None
-    eval_metrics = {"rouge_l": None, "format_compliance": None, "perplexity": None, "eval_loss": eval_loss,
-                    "train_loss": train_result.training_loss, "eval_samples": len(sample),
-                    "answer_statuses": status_counts(tuned.answers) if tuned else {}}
-    if tuned:
-        eval_metrics.update({name: m["value"] for name, m in tuned.metrics.items()})
-        report_files = report.write_report(out / "evaluation", comparison, sample, "reasoning",
-                                           {"data": cfg.DATASET, "max_new_tokens": cfg.MAX_NEW_TOKENS},
-                                           trainer.state.log_history)
-        write_samples(out / "eval_samples.jsonl", sample, tuned.answers, comparison["base"].answers)
-    if val_rows:
-        write_rows(out / "validation.jsonl", val_rows)
-    results_path = write_results(out / "results.json", eval_metrics, vars(cfg), plan, timings,
-                                 {"data": {"train_rows": len(train_ds), "val_rows": n_val,
-                                           "dropped": dict(dropped), "train_lengths": length_stats},
-                                  "evaluation": report.metrics_json(comparison) if comparison else None})
     # 7. Exports and publishing: the adapter is already on disk, so nothing here can lose it.
     if cfg.SAVE_MERGED:
         merged = exports.save_merged(model, tokenizer, plan.backend, model_path, adapter_dir, out / "merged")
@@ -190,8 +179,8 @@ def main(argv):
     print("=" * 100)
     print(f"Done in {timings['total'] / 60:.1f} min. Adapter: {adapter_dir}  Results: {results_path}")
     if comparison:
-        print(f"Report (base vs tuned): {report_files['report']}")
-        for name, metric in tuned.metrics.items():
+        print(f"Report (base vs tuned): {out / 'evaluation' / 'report.md'}")
+        for name, metric in comparison["tuned"].metrics.items():
             print(f"  {name:<18} base {comparison['base'].metrics[name]['value']:.4f} -> tuned {metric['value']:.4f}")
     print(f"  {'eval_loss':<18} {eval_loss:.4f}" if eval_loss is not None else "  eval_loss          n/a")
     print(f"  answer statuses    {eval_metrics['answer_statuses']}")

@@ -135,3 +135,14 @@ def compare(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, m
     results["tuned"] = score(model, tokenizer, rows, kind, style, max_new_tokens, batch_size,
                              "tuned model answering", seed)
     return results
+
+
+def evaluate_held_out(model, tokenizer, rows: list[dict], style: PromptStyle, max_new_tokens: int, batch_size: int,
+                      seed: int, out_dir, meta: dict, log_history: list[dict]) -> dict[str, ModelAnswers]:
+    """The trainer's last step: base vs tuned on held-out rows, reported to out_dir (report.md, charts...)."""
+    from .report import write_report
+    if not rows:
+        return {}
+    results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed)
+    write_report(out_dir, results, rows, "reasoning", meta, log_history)
+    return results

@@ -97,11 +97,13 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Pa
     """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference)."""
     import json
     folder.mkdir(parents=True, exist_ok=True)
-    if info and info.get("model_name") == EMBEDDED:  # a portable id rather than this machine's cache path
-        for config in model.peft_config.values():
-            config.base_model_name_or_path = EMBEDDED_HUB_ID
     model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
     tokenizer.save_pretrained(folder)
+    if info and info.get("model_name") == EMBEDDED:  # a portable id rather than this machine's cache path
+        config_path = folder / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = EMBEDDED_HUB_ID
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
     if info:
         (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return folder

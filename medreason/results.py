@@ -38,6 +38,25 @@ def write_results(path: Path, metrics: dict, settings: dict, plan, timings: dict
     return path
 
 
+def write_run(out: Path, cfg, plan, timings: dict, comparison: dict, eval_loss, train_loss, sample, val_rows,
+              data_info: dict) -> tuple[Path, dict]:
+    """results.json (the tuned model's metrics first), eval_samples.jsonl and validation.jsonl of a training run."""
+    from .metrics import status_counts
+    from .report import metrics_json
+    tuned = comparison.get("tuned")
+    metrics = {"rouge_l": None, "format_compliance": None, "perplexity": None, "eval_loss": eval_loss,
+               "train_loss": train_loss, "eval_samples": len(sample),
+               "answer_statuses": status_counts(tuned.answers) if tuned else {}}
+    if tuned:
+        metrics.update({name: m["value"] for name, m in tuned.metrics.items()})
+        write_samples(out / "eval_samples.jsonl", sample, tuned.answers, comparison["base"].answers)
+    if val_rows:
+        write_rows(out / "validation.jsonl", val_rows)
+    path = write_results(out / "results.json", metrics, vars(cfg), plan, timings,
+                         {"data": data_info, "evaluation": metrics_json(comparison) if comparison else None})
+    return path, metrics
+
+
 def write_samples(path: Path, rows, answers: list[str], base_answers: list[str] | None = None) -> Path:
     """One JSON line per evaluated question: the tuned answer parsed, the base model's answer, the reference."""
     from .tags import parse_answer
