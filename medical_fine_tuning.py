@@ -67,7 +67,8 @@ def print_settings(cfg, overridden, plan):
     print("=" * 100)
     print("Settings (edit the constants at the top of medical_fine_tuning.py, or pass --NAME=value):")
     for name, value in vars(cfg).items():
-        origin = " <- command line" if name in overridden else " <- demo profile" if name in plan.demo_settings else ""
+        origin = (" <- command line" if name in overridden else " <- demo profile" if name in plan.demo_settings
+                  else " <- sized for CPU" if name in plan.cpu_settings else "")
         print(f"  {name:<24}= {value!r}{origin}")
     print("Automatic choices:")
     for reason in plan.reasons:

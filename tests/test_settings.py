@@ -60,3 +60,13 @@ def test_resolve_reads_the_scripts_constants_and_reports_overrides():
                  "EVAL_STEPS", "SEED", "OUTPUT_DIR", "EVAL_SAMPLES", "MAX_NEW_TOKENS", "BACKEND", "WANDB_PROJECT",
                  "REPORT_TO", "TRAIN_SAMPLES", "PROMPT_STYLE", "SAVE_STEPS"):
         assert hasattr(cfg, name), name
+
+
+def test_cpu_sizing_caps_evaluation_unless_given():
+    import types
+    from medreason.runtime import size_for_cpu
+    cfg = types.SimpleNamespace(EVAL_SAMPLES=20)
+    assert size_for_cpu(cfg, set(), "cpu") == ["EVAL_SAMPLES"] and cfg.EVAL_SAMPLES == 4
+    cfg = types.SimpleNamespace(EVAL_SAMPLES=20)
+    assert size_for_cpu(cfg, {"EVAL_SAMPLES"}, "cpu") == [] and cfg.EVAL_SAMPLES == 20
+    assert size_for_cpu(cfg, set(), "cuda") == [] and cfg.EVAL_SAMPLES == 20
