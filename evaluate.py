@@ -10,7 +10,6 @@ Writes results.json, report.md, metrics.png and, when the training log is found,
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -80,8 +79,5 @@ def main(argv) -> dict:
 
 
 if __name__ == "__main__":
-    from medreason.errors import UserError
-    try:
-        main(sys.argv[1:])
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    from medreason.errors import run_cli
+    run_cli(main)

@@ -115,8 +115,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from medreason.errors import UserError
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    from medreason.errors import run_cli
+    run_cli(main)

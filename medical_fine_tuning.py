@@ -189,9 +189,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from medreason.errors import UserError
-    try:
-        _, pushed = main(sys.argv[1:])
-        sys.exit(0 if pushed else 4)  # 4: trained and saved, but the Hub push failed (its retry command is printed)
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    from medreason.errors import run_cli
+    run_cli(lambda argv: 0 if main(argv)[1] else 4)  # 4: trained and saved, but the Hub push failed (retry printed)

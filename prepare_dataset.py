@@ -9,7 +9,6 @@ the chosen tokenizer, and how many rows exceed MAX_SEQ_LENGTH.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 SIZE = 1000  # rows in the subset (train + test); the HuatuoGPT-o1-style pipeline trains on 500-1,000
@@ -87,8 +86,5 @@ def main(argv) -> dict:
 
 
 if __name__ == "__main__":
-    from medreason.errors import UserError
-    try:
-        main(sys.argv[1:])
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    from medreason.errors import run_cli
+    run_cli(main)

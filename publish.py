@@ -6,7 +6,6 @@
 HF_TOKEN (write access) comes from .env or the environment and is never printed.
 """
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -25,8 +24,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from medreason.errors import UserError
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    from medreason.errors import run_cli
+    run_cli(main)

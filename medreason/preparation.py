@@ -78,7 +78,8 @@ def train_test_split(rows: list[dict], test_fraction: float, seed: int) -> tuple
 def describe(values: list[int]) -> dict:
     ordered = sorted(values)
     return {"min": ordered[0], "median": int(statistics.median(ordered)),
-            "p95": ordered[int(round(0.95 * (len(ordered) - 1)))], "max": ordered[-1], "mean": round(sum(values) / len(values), 1)}
+            "p95": ordered[int(round(0.95 * (len(ordered) - 1)))], "max": ordered[-1],
+            "mean": round(sum(values) / len(values), 1)}
 
 
 def field_token_lengths(tokenizer, rows: list[dict], fields) -> dict[str, list[int]]:

@@ -12,7 +12,7 @@ from .embedded import EMBEDDED, EMBEDDED_HUB_ID
 from .errors import UserError
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
-PROJECT = ("medical-reasoning fine-tuning", "https://github.com/")
+PROJECT_NAME = "medical-reasoning fine-tuning"
 UPLOAD_DIR = "hub_upload"
 
 
@@ -126,7 +126,7 @@ def render_card(run_dir: Path, repo_id: str):
              "working, not a useful medical model." if info.get("model_name") == EMBEDDED else "")
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id,
-        base_model=base, project_name=PROJECT[0], project_url=PROJECT[1], backend=backend,
+        base_model=base, project_name=PROJECT_NAME, backend=backend,
         dataset_description=(f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset
                              else f"the local file `{Path(dataset).name}`"),
         adapter_size=f"{adapter_file.stat().st_size / 1e6:.1f} MB" if adapter_file.is_file() else "a few MB",
