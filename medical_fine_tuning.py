@@ -149,7 +149,7 @@ def main(argv):
 
     # 6. Evaluate: eval loss, then base (adapter disabled) vs tuned answers to held-out questions.
     t = time.time()
-    eval_loss = trainer.evaluate()["eval_loss"] if val_ds else None
+    eval_loss = training.final_eval_loss(trainer) if val_ds else None
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if plan.backend == "unsloth":
         from unsloth import FastLanguageModel

@@ -45,6 +45,14 @@ def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config):
                       processing_class=tokenizer)
 
 
+def final_eval_loss(trainer) -> float:
+    """The eval loss of the trained model: logged already when the last eval step was the last step."""
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    if last and last.get("step") == trainer.state.global_step:
+        return last["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest checkpoint-N folder to resume from, if an earlier run left one."""
     from transformers.trainer_utils import get_last_checkpoint

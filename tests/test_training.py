@@ -111,3 +111,12 @@ def test_preflight_drops_rows_whose_prompt_fills_the_context(tokenizer, demo_row
     assert len(kept) == 2 and stats["dropped_no_answer_left"] == 1
     with pytest.raises(ValueError, match="MAX_SEQ_LENGTH=50 leaves no answer tokens.*Fix: --MAX_SEQ_LENGTH="):
         preflight.check_lengths(dataset, tokenizer, max_len=50, name="train")
+
+
+def test_final_eval_loss_is_not_computed_twice(tiny_model_dir, demo_rows, tmp_path):
+    trainer, _ = make_trainer(tiny_model_dir, demo_rows[:10], settings(tmp_path, MAX_STEPS=2, EVAL_STEPS=2))
+    trainer.train()
+    passes = sum("eval_loss" in e for e in trainer.state.log_history)
+    loss = training.final_eval_loss(trainer)  # step 2 was evaluated during training: reused
+    assert sum("eval_loss" in e for e in trainer.state.log_history) == passes
+    assert loss == next(e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e)
