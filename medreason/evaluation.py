@@ -97,7 +97,6 @@ def answer_nll(model, tokenizer, rows: list[dict], style: PromptStyle, batch_siz
 class ModelAnswers:
     answers: list[str]
     metrics: dict = field(default_factory=dict)
-    extracted: list[str | None] = field(default_factory=list)
 
 
 def questions_for(rows: list[dict], kind: str) -> list[str]:
@@ -117,10 +116,10 @@ def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max
         result.metrics["perplexity"] = perplexity_metric(answer_nll(model, tokenizer, rows, style, batch_size),
                                                          seed=seed)
     else:
-        result.extracted = [extract_choice(a, row["options"]) for a, row in zip(answers, rows)]
+        letters = [extract_choice(a, row["options"]) for a, row in zip(answers, rows)]
         result.metrics["accuracy"] = mean_metric(
-            [float(letter == row["answer"]) for letter, row in zip(result.extracted, rows)], seed=seed)
-        result.metrics["extraction_rate"] = mean_metric([float(x is not None) for x in result.extracted], seed=seed)
+            [float(letter == row["answer"]) for letter, row in zip(letters, rows)], seed=seed)
+        result.metrics["extraction_rate"] = mean_metric([float(x is not None) for x in letters], seed=seed)
     return result
 
 
