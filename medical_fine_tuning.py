@@ -30,10 +30,12 @@ DATASET_CONFIG = "en"  # the Hub dataset's subset ("en", "zh", ...); ignored for
 TRAIN_SAMPLES: int | None = None  # None = every row; e.g. 1000 for a quicker seeded subset
 VAL_SIZE = 100  # rows held out (seeded) for the eval loss and the answer metrics
 PROMPT_STYLE = "think_response"  # answer layout; see medreason/prompts.py for the styles
+MAX_THINK_WORDS: int | None = None  # None = whole chains of thought; N = keep opening + concluding paragraphs
 
 # --- training --------------------------------------------------------------------------------------------------------
 BATCH_SIZE = 1  # rows per device per step; 1-2 on a T4 for a 3B model at 1024 tokens
 GRAD_ACCUM = 8  # steps accumulated per optimizer update: effective batch = BATCH_SIZE x GRAD_ACCUM
+GROUP_BY_LENGTH = True  # batch rows of similar length together (less padding); no effect at BATCH_SIZE=1
 MAX_STEPS = 200  # optimizer updates (200 x 8 = 1,600 rows)
 LEARNING_RATE = 2e-4  # the LoRA rate of Unsloth's recipes; 1e-5 is a full-fine-tuning rate and leaves a LoRA untrained
 LR_SCHEDULER = "linear"  # "linear", "cosine" or "constant"
@@ -68,7 +70,8 @@ def print_settings(cfg, overridden, plan):
     print("Settings (edit the constants at the top of medical_fine_tuning.py, or pass --NAME=value):")
     for name, value in vars(cfg).items():
         origin = (" <- command line" if name in overridden else " <- demo profile" if name in plan.demo_settings
-                  else " <- sized for CPU" if name in plan.cpu_settings else "")
+                  else " <- sized for CPU" if name in plan.cpu_settings
+                  else " <- small-model recipe" if name in plan.recipe_settings else "")
         print(f"  {name:<24}= {value!r}{origin}")
     print("Automatic choices:")
     for reason in plan.reasons:
@@ -102,6 +105,10 @@ def main(argv):
     rows, dropped = data.validate(data.load_records(cfg.DATASET, cfg.DATASET_CONFIG), cfg.DATASET)
     print(f"[data] {len(rows)} usable rows from {cfg.DATASET}"
           + (f"; dropped {sum(dropped.values())}: {dict(dropped)}" if dropped else ""))
+    rows, shortened = data.shorten_rows(rows, cfg.MAX_THINK_WORDS)
+    if shortened:
+        print(f"[data] MAX_THINK_WORDS={cfg.MAX_THINK_WORDS}: {shortened} chains of thought shortened to their "
+              f"opening and concluding paragraphs, so the model learns to conclude (experiments/LOG.md)")
     train_rows, val_rows = data.split(rows, cfg.VAL_SIZE, cfg.TRAIN_SAMPLES, cfg.SEED)
     n_val = len(val_rows) if val_rows else 0
     print(f"[data] {len(train_rows)} training rows, {n_val} validation rows (seed {cfg.SEED})")
@@ -113,6 +120,9 @@ def main(argv):
     model_path = resolve_model_path(cfg.MODEL_NAME)
     tokenizer = load_tokenizer(model_path)
     train_ds, length_stats = preflight.check_lengths(train_ds, tokenizer, cfg.MAX_SEQ_LENGTH, "train")
+    checkpoints = out / "checkpoints"
+    resume = training.last_checkpoint(checkpoints)
+    training.check_resumable(resume, cfg)  # a checkpoint from other LoRA settings is refused now, not after loading
     timings["data_and_preflight"] = time.time() - start
 
     # 3. Model: base weights + LoRA adapter.
@@ -124,14 +134,12 @@ def main(argv):
     # 4. Train with trl's SFTTrainer (loss on the answer only), resuming from the newest checkpoint if any.
     report_to, where = tracking.setup_wandb(cfg.REPORT_TO, cfg.WANDB_PROJECT, cfg.OUTPUT_DIR)
     print(f"[track] {where}")
-    checkpoints = out / "checkpoints"
     trainer = training.build_trainer(model, tokenizer, train_ds, val_ds,
                                      training.build_sft_config(cfg, plan, report_to, checkpoints))
     preflight.show_training_example(trainer.train_dataset, tokenizer)
     # Saved with the adapter, so inference asks with exactly the base model and prompt used in training.
     info = {"model_name": cfg.MODEL_NAME, "prompt_style": style.name, "system_prompt": style.system_prompt,
             "max_seq_length": cfg.MAX_SEQ_LENGTH, "backend": plan.backend, "load_in_4bit": plan.load_in_4bit}
-    resume = training.last_checkpoint(checkpoints)
     if resume:
         print(f"[train] resuming from {resume} (delete {checkpoints} to start over)")
     t = time.time()

@@ -32,11 +32,12 @@ def peak_rss_of(process: subprocess.Popen, stop: threading.Event, peak: list[int
 
 
 def run_trainer(label: str, overrides: list[str], rows: int) -> dict:
-    """Train on `rows` real rows with the given settings (no evaluation); returns throughput and memory."""
+    """Train on `rows` real rows with the given settings (no evaluation); returns throughput and memory.
+    Whole chains of thought (MAX_THINK_WORDS=None): the benchmarks measure real ~740-token rows."""
     out = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     args = [sys.executable, str(ROOT / "medical_fine_tuning.py"), "--MODEL_NAME=embedded",
             f"--DATASET={SHARED_SAMPLE}", "--VAL_SIZE=0", "--EVAL_SAMPLES=0", "--REPORT_TO=none",
-            "--PUSH_TO_HUB=False", "--SAVE_STEPS=100000", f"--OUTPUT_DIR={out}", f"--TRAIN_SAMPLES={rows}", *overrides]
+            "--PUSH_TO_HUB=False", "--SAVE_STEPS=100000", "--MAX_THINK_WORDS=None", f"--OUTPUT_DIR={out}", f"--TRAIN_SAMPLES={rows}", *overrides]
     stop, peak = threading.Event(), [0]
     start = time.time()
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -4,6 +4,9 @@
     python bench/eval_generation.py --questions 32 --max-new-tokens 256    # full size (RESULTS.md)
 
 Same model (the embedded SmolLM2-135M, transformers, fp32), same real questions, same token budget, greedy.
+Batched = all 32 questions in one batch, as the trainer and evaluate.py do whenever EVAL_BATCH_SIZE covers the
+questions (the GPU default is 8; on a CPU the trainer answers 4). bench/profile_generation.py shows why the
+batch size matters on a CPU: the time per decoding step grows with the batch, so the gain is below the batch size.
 """
 import argparse
 import json
@@ -20,7 +23,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--questions", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -126,6 +127,42 @@ def _drop_reason(record: dict) -> str | None:
         if not value.strip():
             return f"{field} is empty"
     return None
+
+
+def _units(text: str) -> tuple[list[str], str]:
+    """Paragraphs if the text has several, else sentences; with the separator that joins them back."""
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if len(paragraphs) > 1:
+        return paragraphs, "\n\n"
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()], " "
+
+
+def shorten_reasoning(text: str, max_words: int) -> str:
+    """The opening paragraphs and the concluding one, within max_words (whole paragraphs or sentences only).
+
+    A chain of thought shortened this way still sets the problem up and still concludes, so a model trained on it
+    learns to close </think> after about max_words instead of circling. The conclusion is always kept."""
+    units, sep = _units(text)
+    if len(text.split()) <= max_words or len(units) < 2:
+        return text
+    kept, budget = [], max_words - len(units[-1].split())
+    for unit in units[:-1]:
+        words = len(unit.split())
+        if kept and words > budget:
+            break
+        kept.append(unit)
+        budget -= words
+    return sep.join(kept + [units[-1]])
+
+
+def shorten_rows(rows: list[dict], max_words: int | None) -> tuple[list[dict], int]:
+    """Rows with each Complex_CoT shortened to about max_words (None: unchanged); how many were shortened."""
+    if max_words is None:
+        return rows, 0
+    if max_words < 1:
+        raise DataError(f"MAX_THINK_WORDS={max_words}: must be at least 1, or None to keep every chain of thought.")
+    out = [{**row, "Complex_CoT": shorten_reasoning(row["Complex_CoT"], max_words)} for row in rows]
+    return out, sum(a["Complex_CoT"] != b["Complex_CoT"] for a, b in zip(out, rows))
 
 
 def split(rows: list[dict], val_size: int, train_samples: int | None, seed: int):

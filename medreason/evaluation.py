@@ -67,29 +67,44 @@ def perplexity_metric(nll_and_tokens: list[tuple[float, int]], **kwargs) -> dict
             "n": len(nll_and_tokens)}
 
 
+def _decoder_and_head(model):
+    """The transformer body and the output layer, when logits are just head(last hidden state); else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    scaled = any(getattr(config, k, None) not in (None, 1, 1.0) for k in
+                 ("final_logit_softcapping", "logit_scale", "logits_scaling"))  # Gemma-2, Cohere, Granite
+    decoder, head = getattr(base, "get_decoder", lambda: None)(), base.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None and not scaled else None
+
+
 def answer_nll(model, tokenizer, rows: list[dict], style: PromptStyle, batch_size: int) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of each reference answer given its prompt; prompt tokens do not count."""
+    """(summed NLL, token count) of each reference answer given its prompt; prompt tokens do not count.
+
+    Only the answer positions go through the output layer: full-vocabulary logits for a whole batch would be
+    batch x length x vocab floats (8 Llama-3 rows of 1,200 tokens: 4.9 GB in fp32), most of them for the prompt."""
     import torch
     import torch.nn.functional as F
     examples = [tokenize_example(tokenizer, to_conversation(row, style)) for row in rows]
-    results = []
+    parts, results = _decoder_and_head(model), []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         width = max(len(ids) for ids, _ in batch)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=model.device)
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=model.device)
-        labels = input_ids.clone()
-        for i, (ids, n_prompt) in enumerate(batch):
-            labels[i, :n_prompt] = -100
-            labels[i, len(ids):] = -100
         with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-            targets = labels[:, 1:]
-            nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-            del logits  # do not keep the full-vocabulary logits around
-        counted = targets != -100
-        results += [(float(nll[i][counted[i]].sum()), int(counted[i].sum())) for i in range(len(batch))]
+            if parts:
+                states = parts[0](input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+                logits_at = lambda i, span: parts[1](states[i, span])  # noqa: E731
+            else:
+                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                logits_at = lambda i, span: logits[i, span]  # noqa: E731
+            for i, (ids, n_prompt) in enumerate(batch):
+                # The state at position t predicts token t + 1: answer tokens n_prompt.. come from n_prompt - 1..
+                span = slice(n_prompt - 1, len(ids) - 1)
+                targets = torch.tensor(ids[n_prompt:], device=model.device)
+                nll = F.cross_entropy(logits_at(i, span).float(), targets, reduction="sum")
+                results.append((float(nll), len(ids) - n_prompt))
     return results
 
 

@@ -38,9 +38,10 @@ def _stop_ids(model, tokenizer) -> set[int]:
 
 def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int,
              sampling: Sampling = GREEDY, desc: str = "generating", progress: bool = True,
-             streamer=None) -> list[Generation]:
+             streamer=None, min_new_tokens: int = 0) -> list[Generation]:
     """Continue each text (already chat-formatted); returns what was generated after it.
-    A streamer (batch of one) receives the new tokens as they come."""
+    A streamer (batch of one) receives the new tokens as they come; min_new_tokens (benchmarks) forbids an earlier
+    end of turn, so every row does the same work."""
     import torch
     from tqdm.auto import tqdm
 
@@ -56,7 +57,8 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
                             add_special_tokens=False).to(model.device)
             with torch.inference_mode():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     streamer=streamer, **sampling.generate_kwargs())
+                                     streamer=streamer, min_new_tokens=min_new_tokens,
+                                     **sampling.generate_kwargs())
             for i, row in zip(batch, out[:, enc["input_ids"].shape[1]:].tolist()):
                 ended = next((k for k, t in enumerate(row) if t in stop_ids), None)
                 kept = row if ended is None else row[:ended]

@@ -121,7 +121,8 @@ def render_card(run_dir: Path, repo_id: str):
     data = results.get("data", {})
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     shown = ["MODEL_NAME", "MAX_SEQ_LENGTH", "LOAD_IN_4BIT", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES",
-             "LEARNING_RATE", "LR_SCHEDULER", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "SEED", "PROMPT_STYLE"]
+             "LEARNING_RATE", "LR_SCHEDULER", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "SEED", "PROMPT_STYLE",
+             "MAX_THINK_WORDS", "MAX_NEW_TOKENS"]
     extra = ("- Trained as a demo on a small illustrative dataset with a 135M-parameter model: it shows the pipeline "
              "working, not a useful medical model." if info.get("model_name") == EMBEDDED else "")
     return ModelCard.from_template(

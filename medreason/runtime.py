@@ -13,14 +13,22 @@ GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-# The whole demo (training, evaluation, saving) takes about 3 minutes on 2 CPU cores. The recipe was measured
-# (experiments/LOG.md): a 135M model learns the <think>/<response> layout in 30 steps with LoRA on all seven linear
-# layers at lr 1e-3; at 2e-4, or on attention only, it does not (or collapses into repeated tags).
+# The embedded 135M model's recipe, measured on real medical-o1 rows on 2 CPU cores (experiments/LOG.md, runs C, F,
+# G): every unseen answer closed <think> and <response> after 40 updates of 4 rows (about 9 minutes). What it takes:
+# lr 1e-3 with LoRA on all seven linear layers (2e-4, or attention only, never learn the layout at this size), and
+# chains of thought shortened to ~120 words (with whole ones the model learns to open <think> but circles for 850
+# words without closing it). Batch 1 x 4 is the fastest split on a CPU (bench/RESULTS.md).
+SMALL_MODEL_RECIPE = dict(
+    LEARNING_RATE=1e-3, TARGET_MODULES=ALL_LINEAR, MAX_THINK_WORDS=120, MAX_SEQ_LENGTH=768, BATCH_SIZE=1,
+    GRAD_ACCUM=4, MAX_STEPS=40, EVAL_STEPS=20, SAVE_STEPS=20, MAX_NEW_TOKENS=512, GRADIENT_CHECKPOINTING=False,
+)
+
+# The whole demo (training, evaluation, saving) takes about 3 minutes on 2 CPU cores: the recipe above, sized for the
+# shipped illustrative rows (their chains of thought are ~40 words, so MAX_THINK_WORDS leaves them whole).
 DEMO_PROFILE = dict(
-    MODEL_NAME=EMBEDDED, DATASET=str(DEMO_DATASET), MAX_SEQ_LENGTH=512, VAL_SIZE=6, TRAIN_SAMPLES=None,
-    BATCH_SIZE=4, GRAD_ACCUM=1, MAX_STEPS=30, EVAL_STEPS=15, SAVE_STEPS=15, EVAL_SAMPLES=6, MAX_NEW_TOKENS=256,
-    EVAL_BATCH_SIZE=6, GRADIENT_CHECKPOINTING=False, PUSH_TO_HUB="dry-run", LEARNING_RATE=1e-3,
-    TARGET_MODULES=ALL_LINEAR,
+    SMALL_MODEL_RECIPE, MODEL_NAME=EMBEDDED, DATASET=str(DEMO_DATASET), MAX_SEQ_LENGTH=512, VAL_SIZE=6,
+    TRAIN_SAMPLES=None, BATCH_SIZE=4, GRAD_ACCUM=1, MAX_STEPS=30, EVAL_STEPS=15, SAVE_STEPS=15, EVAL_SAMPLES=6,
+    MAX_NEW_TOKENS=256, EVAL_BATCH_SIZE=6, PUSH_TO_HUB="dry-run",
 )
 
 
@@ -34,6 +42,7 @@ class Plan:
     demo_settings: list[str]  # the settings the demo profile changed; empty outside demo mode
     reasons: list[str] = field(default_factory=list)
     cpu_settings: list[str] = field(default_factory=list)  # the settings sized down for a CPU
+    recipe_settings: list[str] = field(default_factory=list)  # set by SMALL_MODEL_RECIPE for the embedded model
 
 
 def detect_hardware() -> tuple[str, str, bool]:
@@ -59,15 +68,34 @@ def apply_demo_profile(cfg, overridden: set[str], device: str) -> list[str]:
     return changed
 
 
+def apply_small_model_recipe(cfg, overridden: set[str]) -> list[str]:
+    """The embedded model (outside the demo, e.g. on your own rows) trains with SMALL_MODEL_RECIPE; overrides win."""
+    if cfg.MODEL_NAME != EMBEDDED:
+        return []
+    changed = [name for name in SMALL_MODEL_RECIPE if name not in overridden and hasattr(cfg, name)
+               and getattr(cfg, name) != SMALL_MODEL_RECIPE[name]]
+    for name in changed:
+        setattr(cfg, name, SMALL_MODEL_RECIPE[name])
+    return changed
+
+
 CPU_EVAL_SAMPLES = 4  # held-out answers generated per model on a CPU unless EVAL_SAMPLES is given on the command line
 
 
-def size_for_cpu(cfg, overridden: set[str], device: str) -> list[str]:
-    """On a CPU, GPU-sized evaluation (20 answers x 1,024 tokens, base and tuned) would take over an hour."""
-    if device == "cuda" or "EVAL_SAMPLES" in overridden or cfg.EVAL_SAMPLES <= CPU_EVAL_SAMPLES:
-        return []
-    cfg.EVAL_SAMPLES = CPU_EVAL_SAMPLES
-    return ["EVAL_SAMPLES"]
+def size_for_cpu(cfg, overridden: set[str], device: str) -> dict[str, str]:
+    """GPU-sized settings a CPU should not use, changed unless given on the command line: {name: why}."""
+    if device == "cuda":
+        return {}
+    changes = {}
+    if "EVAL_SAMPLES" not in overridden and cfg.EVAL_SAMPLES > CPU_EVAL_SAMPLES:
+        cfg.EVAL_SAMPLES = CPU_EVAL_SAMPLES
+        changes["EVAL_SAMPLES"] = (f"{CPU_EVAL_SAMPLES} on a CPU (generation runs at ~12 tokens/s here; the GPU "
+                                   f"default of 20 answers per model would take over an hour)")
+    if "GRADIENT_CHECKPOINTING" not in overridden and cfg.GRADIENT_CHECKPOINTING:
+        cfg.GRADIENT_CHECKPOINTING = False
+        changes["GRADIENT_CHECKPOINTING"] = ("off on a CPU: activations live in RAM, not in a T4's 15 GB, and "
+                                              "recomputing them made each step 1.4x slower (bench/RESULTS.md)")
+    return changes
 
 
 def _import_unsloth() -> str | None:
@@ -85,10 +113,12 @@ def plan_run(cfg, overridden: set[str]) -> Plan:
     device, device_name, bf16_ok = detect_hardware()
     reasons = [f"device: {device_name}"]
     demo_settings = apply_demo_profile(cfg, overridden, device)
-    cpu_settings = [] if demo_settings else size_for_cpu(cfg, overridden, device)  # the demo is sized already
-    if cpu_settings:
-        reasons.append(f"EVAL_SAMPLES: {cfg.EVAL_SAMPLES} on a CPU (generation runs at ~12 tokens/s here; the GPU "
-                       f"default of 20 answers per model would take over an hour). --EVAL_SAMPLES=N sets it.")
+    recipe_settings = [] if demo_settings else apply_small_model_recipe(cfg, overridden)
+    if recipe_settings:
+        reasons.append(f"SMALL_MODEL_RECIPE for the embedded 135M model ({', '.join(recipe_settings)}): measured "
+                       f"to make it answer in closed <think>/<response> form (experiments/LOG.md)")
+    cpu_settings = {} if demo_settings else size_for_cpu(cfg, overridden, device)  # the demo is sized already
+    reasons += [f"{name}: {why}. --{name}=... sets it." for name, why in cpu_settings.items()]
     if demo_settings:
         reasons.append(f"DEMO MODE: no CUDA GPU and MODEL_NAME left at {GPU_DEFAULT_MODEL!r}, so the embedded "
                        f"SmolLM2-135M and the shipped illustrative demo data are used, sized for about 10 minutes "
@@ -127,4 +157,5 @@ def plan_run(cfg, overridden: set[str]) -> Plan:
         precision, load_in_4bit, optim = "fp32", False, "adamw_torch"
         reasons.append(f"precision: fp32 full precision on {device} (bitsandbytes 4-bit training needs CUDA on "
                        f"the transformers backend{'; LOAD_IN_4BIT ignored' if cfg.LOAD_IN_4BIT else ''})")
-    return Plan(backend, device, precision, load_in_4bit, optim, demo_settings, reasons, cpu_settings)
+    return Plan(backend, device, precision, load_in_4bit, optim, demo_settings, reasons, list(cpu_settings),
+                recipe_settings)

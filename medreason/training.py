@@ -1,6 +1,7 @@
 """trl's SFTTrainer configured from the script's settings: completion-only loss, checkpoints, resume."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -14,6 +15,8 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
         per_device_train_batch_size=cfg.BATCH_SIZE,
         per_device_eval_batch_size=cfg.EVAL_BATCH_SIZE,
         gradient_accumulation_steps=cfg.GRAD_ACCUM,
+        # Rows of similar length share a batch, so little of it is padding (shuffled in groups, still seeded).
+        train_sampling_strategy="group_by_length" if cfg.GROUP_BY_LENGTH else "random",
         max_steps=cfg.MAX_STEPS,
         learning_rate=cfg.LEARNING_RATE,
         lr_scheduler_type=cfg.LR_SCHEDULER,
@@ -51,6 +54,25 @@ def final_eval_loss(trainer) -> float:
     if last and last.get("step") == trainer.state.global_step:
         return last["eval_loss"]
     return trainer.evaluate()["eval_loss"]
+
+
+def check_resumable(checkpoint: str | None, cfg) -> None:
+    """A checkpoint trained with other LoRA settings cannot be resumed (its optimizer state does not fit): say so
+    before the model loads, instead of torch's "parameter group doesn't match" after it."""
+    from .errors import UserError
+    config = Path(checkpoint or "") / "adapter_config.json"
+    if not checkpoint or not config.is_file():
+        return
+    saved = json.loads(config.read_text())
+    differences = [f"{name} {saved.get(key)!r} there, {value!r} now" for name, key, value, same in (
+        ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,
+         sorted(saved.get("target_modules") or []) == sorted(cfg.TARGET_MODULES)),
+        ("LORA_R", "r", cfg.LORA_R, saved.get("r") == cfg.LORA_R),
+        ("LORA_ALPHA", "lora_alpha", cfg.LORA_ALPHA, saved.get("lora_alpha") == cfg.LORA_ALPHA)) if not same]
+    if differences:
+        raise UserError(f"{checkpoint} was trained with other LoRA settings ({'; '.join(differences)}), so this "
+                        f"run cannot resume from it. Fix: use another --OUTPUT_DIR, delete {Path(checkpoint).parent} "
+                        f"to start over, or pass the settings it was trained with.")
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from medreason.data import DEMO_DATASET, FIELDS, DataError, load_records, split, validate
+from medreason.data import (DEMO_DATASET, FIELDS, DataError, load_records, shorten_reasoning, shorten_rows, split,
+                            validate)
 
 ROW = {"Question": "Q?", "Complex_CoT": "reasoning", "Response": "answer"}
 
@@ -90,3 +91,24 @@ def test_shipped_demo_data_is_valid_and_marked_illustrative():
 def test_real_rows_validate(real_rows):
     rows, dropped = validate(real_rows, "shared sample")
     assert len(rows) == len(real_rows) == 150 and not dropped
+
+
+def test_shortened_reasoning_keeps_the_opening_and_the_conclusion():
+    paragraphs = [f"Paragraph {i} " + "word " * 30 for i in range(8)] + ["So the answer is lupus."]
+    text = "\n\n".join(p.strip() for p in paragraphs)
+    short = shorten_reasoning(text, 100)
+    kept = short.split("\n\n")
+    assert kept[0].startswith("Paragraph 0") and kept[-1] == "So the answer is lupus."
+    assert len(short.split()) <= 100 and kept == [p.strip() for p in paragraphs[:len(kept) - 1]] + [kept[-1]]
+    assert shorten_reasoning(text, 10_000) == text  # short enough already: unchanged
+    one_paragraph = "First we look. " * 20 + "Then it must be gout."
+    assert shorten_reasoning(one_paragraph, 30).endswith("Then it must be gout.")  # sentences when one paragraph
+
+
+def test_shorten_rows_counts_changes_and_rejects_a_bad_setting():
+    long_row = {**ROW, "Complex_CoT": "\n\n".join(["step " * 50] * 4 + ["Therefore X."])}
+    rows, changed = shorten_rows([ROW, long_row], 60)
+    assert changed == 1 and rows[0] == ROW and rows[1]["Complex_CoT"].endswith("Therefore X.")
+    assert shorten_rows([long_row], None) == ([long_row], 0)
+    with pytest.raises(DataError, match="MAX_THINK_WORDS=0"):
+        shorten_rows([ROW], 0)

@@ -46,6 +46,18 @@ def test_answer_perplexity_matches_a_direct_computation(tiny_lora, tokenizer, de
     assert metric["ci95"][0] <= metric["value"] <= metric["ci95"][1] and metric["n"] == 2
 
 
+def test_answer_perplexity_sends_only_answer_positions_through_the_output_layer(tiny_lora, tokenizer, demo_rows):
+    rows = [demo_rows[0], demo_rows[5]]
+    seen = []
+    hook = tiny_lora.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    try:
+        counts = [count for _, count in evaluation.answer_nll(tiny_lora, tokenizer, rows, STYLE, batch_size=2)]
+    finally:
+        hook.remove()
+    # One (answer tokens x vocab) block per row, never (batch x padded length x vocab) for the whole batch.
+    assert [shape[0] for shape in seen] == counts and all(len(shape) == 2 for shape in seen)
+
+
 def test_bootstrap_interval():
     values = [1.0] * 30 + [0.0] * 70
     metric = evaluation.mean_metric(values, seed=1)

@@ -1,5 +1,6 @@
 """prepare_dataset.py and the notebooks that build on it."""
 import json
+import shutil
 
 import nbformat
 import pytest
@@ -78,6 +79,7 @@ def test_exploration_notebook_runs(tmp_path):
 
 @pytest.mark.e2e
 def test_colab_notebook_runs_in_its_quick_configuration(tmp_path):
+    shutil.rmtree(ROOT / "outputs" / "notebook-quick", ignore_errors=True)  # a fresh run, not a resume
     text = outputs(execute("colab_training.ipynb", tmp_path))
     assert "No CUDA GPU" in text and "[status: " in text and "dry run: nothing uploaded" in text
     assert "Evaluation report" in text and "not medical advice" in text

@@ -62,11 +62,28 @@ def test_resolve_reads_the_scripts_constants_and_reports_overrides():
         assert hasattr(cfg, name), name
 
 
-def test_cpu_sizing_caps_evaluation_unless_given():
+def test_cpu_sizing_caps_evaluation_and_drops_checkpointing_unless_given():
     import types
     from medreason.runtime import size_for_cpu
-    cfg = types.SimpleNamespace(EVAL_SAMPLES=20)
-    assert size_for_cpu(cfg, set(), "cpu") == ["EVAL_SAMPLES"] and cfg.EVAL_SAMPLES == 4
-    cfg = types.SimpleNamespace(EVAL_SAMPLES=20)
-    assert size_for_cpu(cfg, {"EVAL_SAMPLES"}, "cpu") == [] and cfg.EVAL_SAMPLES == 20
-    assert size_for_cpu(cfg, set(), "cuda") == [] and cfg.EVAL_SAMPLES == 20
+    fresh = lambda: types.SimpleNamespace(EVAL_SAMPLES=20, GRADIENT_CHECKPOINTING=True)  # noqa: E731
+    cfg = fresh()
+    assert set(size_for_cpu(cfg, set(), "cpu")) == {"EVAL_SAMPLES", "GRADIENT_CHECKPOINTING"}
+    assert cfg.EVAL_SAMPLES == 4 and cfg.GRADIENT_CHECKPOINTING is False
+    cfg = fresh()
+    assert size_for_cpu(cfg, {"EVAL_SAMPLES", "GRADIENT_CHECKPOINTING"}, "cpu") == {}
+    assert cfg.EVAL_SAMPLES == 20 and cfg.GRADIENT_CHECKPOINTING is True
+    cfg = fresh()
+    assert size_for_cpu(cfg, set(), "cuda") == {} and cfg.EVAL_SAMPLES == 20 and cfg.GRADIENT_CHECKPOINTING
+
+
+def test_small_model_recipe_applies_to_the_embedded_model_only_and_overrides_win():
+    import types
+    from medreason.runtime import SMALL_MODEL_RECIPE, apply_small_model_recipe
+    defaults = dict(MODEL_NAME="embedded", LEARNING_RATE=2e-4, MAX_THINK_WORDS=None, MAX_STEPS=200,
+                    TARGET_MODULES=["q_proj", "v_proj"])
+    cfg = types.SimpleNamespace(**defaults)
+    changed = apply_small_model_recipe(cfg, {"MAX_STEPS"})
+    assert set(changed) == {"LEARNING_RATE", "MAX_THINK_WORDS", "TARGET_MODULES"} and cfg.MAX_STEPS == 200
+    assert cfg.LEARNING_RATE == SMALL_MODEL_RECIPE["LEARNING_RATE"] and cfg.MAX_THINK_WORDS is not None
+    cfg = types.SimpleNamespace(**{**defaults, "MODEL_NAME": "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"})
+    assert apply_small_model_recipe(cfg, set()) == [] and cfg.LEARNING_RATE == 2e-4

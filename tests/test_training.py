@@ -8,6 +8,7 @@ from transformers import TrainerCallback
 from medreason import preflight, training
 from medreason.modeling import load_for_training, save_adapter
 from medreason.prompts import generation_prompt, get_style, to_conversation
+from medreason.errors import UserError
 from medreason.runtime import Plan
 
 STYLE = get_style("think_response")
@@ -15,7 +16,7 @@ END_OF_TURN = "<|im_end|>"
 
 
 def settings(tmp_path, **overrides):
-    base = dict(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, MAX_STEPS=4, LEARNING_RATE=5e-3,
+    base = dict(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, GROUP_BY_LENGTH=True, MAX_STEPS=4, LEARNING_RATE=5e-3,
                 LR_SCHEDULER="constant", WARMUP_STEPS=0, WEIGHT_DECAY=0.0, GRADIENT_CHECKPOINTING=False, VAL_SIZE=2,
                 EVAL_STEPS=2, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=2, SEED=0, OUTPUT_DIR=str(tmp_path), LORA_R=8,
                 LORA_ALPHA=16, LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -95,6 +96,9 @@ def test_training_resumes_from_the_newest_checkpoint(tiny_model_dir, demo_rows, 
     first.train()
     checkpoint = training.last_checkpoint(training_dir(settings(tmp_path)))
     assert checkpoint and checkpoint.endswith("checkpoint-2")
+    training.check_resumable(checkpoint, settings(tmp_path, MAX_STEPS=4))  # same LoRA settings: fine
+    with pytest.raises(UserError, match=r"TARGET_MODULES .* Fix: use another --OUTPUT_DIR"):
+        training.check_resumable(checkpoint, settings(tmp_path, TARGET_MODULES=["q_proj", "k_proj", "v_proj"]))
     second, _ = make_trainer(tiny_model_dir, demo_rows[:10], settings(tmp_path, MAX_STEPS=4))
     steps_run = []
     second.add_callback(type("Count", (TrainerCallback,), {
