@@ -171,6 +171,7 @@ def main(argv):
     results_path, eval_metrics = write_run(out, cfg, plan, timings, comparison, eval_loss,
                                            train_result.training_loss, sample, val_rows,
                                            {"train_rows": len(train_ds), "val_rows": n_val, "dropped": dict(dropped),
+                                            "shortened_reasoning": shortened,
                                             "train_lengths": length_stats})
 
     # 7. Exports and publishing: the adapter is already on disk, so nothing here can lose it.

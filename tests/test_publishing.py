@@ -68,6 +68,17 @@ def test_card_parses_back_with_the_runs_real_values(run_dir):
     assert "| `LEARNING_RATE` | `0.0002` |" in card.text
 
 
+def test_card_reports_shortened_chains_of_thought_only_when_rows_were_shortened(run_dir):
+    from huggingface_hub import ModelCard
+    assert "shortened" not in ModelCard.load(publishing.build_upload_folder(run_dir, "me/x") / "README.md").text
+    results = json.loads((run_dir / "results.json").read_text())
+    results["settings"]["MAX_THINK_WORDS"] = 120
+    results["data"]["shortened_reasoning"] = 900
+    (run_dir / "results.json").write_text(json.dumps(results))
+    text = ModelCard.load(publishing.build_upload_folder(run_dir, "me/x") / "README.md").text
+    assert "| `MAX_THINK_WORDS` | `120` |" in text and "shortened to about 120 words" in text and "900 rows" in text
+
+
 def test_upload_folder_holds_exactly_the_adapter_files_and_the_card(run_dir):
     folder = publishing.build_upload_folder(run_dir, "me/medical-lora")
     adapter_files = {p.name for p in (run_dir / "adapter").iterdir() if p.name != "README.md"}

@@ -135,3 +135,17 @@ def test_real_rows_end_to_end_then_resume(tmp_path, real_rows):
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resuming from" in second.stdout and "checkpoint-2" in second.stdout
     assert json.loads((out / "results.json").read_text())["settings"]["MAX_STEPS"] == 3
+
+
+@pytest.mark.e2e
+def test_the_full_default_demo_teaches_the_answer_form(tmp_path):
+    """The demo exactly as a user runs it (about 3 minutes): the recipe of experiments/LOG.md must keep working."""
+    out = tmp_path / "run"
+    result = run_script(f"--OUTPUT_DIR={out}", "--REPORT_TO=none", timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:]
+    evaluation = json.loads((out / "results.json").read_text())["evaluation"]
+    base, tuned = evaluation["base"], evaluation["tuned"]
+    assert base["format_compliance"]["value"] == 0.0  # the untrained model never writes the tags
+    assert tuned["format_compliance"]["value"] >= 5 / 6, result.stdout[-3000:]  # 6 held-out questions
+    assert tuned["rouge_l"]["value"] > base["rouge_l"]["value"]
+    assert tuned["perplexity"]["value"] < base["perplexity"]["value"]
