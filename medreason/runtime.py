@@ -14,10 +14,10 @@ GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # The embedded 135M model's recipe, measured on real medical-o1 rows on 2 CPU cores (experiments/LOG.md, runs C, F,
-# G): every unseen answer closed <think> and <response> after 40 updates of 4 rows (about 9 minutes). What it takes:
-# lr 1e-3 with LoRA on all seven linear layers (2e-4, or attention only, never learn the layout at this size), and
-# chains of thought shortened to ~120 words (with whole ones the model learns to open <think> but circles for 850
-# words without closing it). Batch 1 x 4 is the fastest split on a CPU (bench/RESULTS.md).
+# G): 19 of 20 unseen answers closed <think> and <response> after 40 updates of 4 rows (8.6 minutes; 48 updates:
+# 20 of 20 in 10.9). What it takes: lr 1e-3 with LoRA on all seven linear layers (2e-4, or attention only, never
+# learn the layout at this size), and chains of thought shortened to ~120 words (with whole ones the model learns to
+# open <think> but circles for 850 words without closing it). Batch 1 is the fastest split on a CPU (bench/).
 SMALL_MODEL_RECIPE = dict(
     LEARNING_RATE=1e-3, TARGET_MODULES=ALL_LINEAR, MAX_THINK_WORDS=120, MAX_SEQ_LENGTH=768, BATCH_SIZE=1,
     GRAD_ACCUM=4, MAX_STEPS=40, EVAL_STEPS=20, SAVE_STEPS=20, MAX_NEW_TOKENS=512, GRADIENT_CHECKPOINTING=False,
