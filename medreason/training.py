@@ -65,8 +65,9 @@ def check_resumable(checkpoint: str | None, cfg) -> None:
         return
     saved = json.loads(config.read_text())
     differences = [f"{name} {saved.get(key)!r} there, {value!r} now" for name, key, value, same in (
-        ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,
-         sorted(saved.get("target_modules") or []) == sorted(cfg.TARGET_MODULES)),
+        ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,  # peft may save a regex string: not compared
+         not isinstance(saved.get("target_modules"), list)
+         or sorted(saved["target_modules"]) == sorted(cfg.TARGET_MODULES)),
         ("LORA_R", "r", cfg.LORA_R, saved.get("r") == cfg.LORA_R),
         ("LORA_ALPHA", "lora_alpha", cfg.LORA_ALPHA, saved.get("lora_alpha") == cfg.LORA_ALPHA)) if not same]
     if differences:
