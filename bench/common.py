@@ -37,7 +37,8 @@ def run_trainer(label: str, overrides: list[str], rows: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     args = [sys.executable, str(ROOT / "medical_fine_tuning.py"), "--MODEL_NAME=embedded",
             f"--DATASET={SHARED_SAMPLE}", "--VAL_SIZE=0", "--EVAL_SAMPLES=0", "--REPORT_TO=none",
-            "--PUSH_TO_HUB=False", "--SAVE_STEPS=100000", "--MAX_THINK_WORDS=None", f"--OUTPUT_DIR={out}", f"--TRAIN_SAMPLES={rows}", *overrides]
+            "--PUSH_TO_HUB=False", "--SAVE_STEPS=100000", "--MAX_THINK_WORDS=None", f"--OUTPUT_DIR={out}",
+            f"--TRAIN_SAMPLES={rows}", *overrides]
     stop, peak = threading.Event(), [0]
     start = time.time()
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -125,10 +125,10 @@ def render_card(run_dir: Path, repo_id: str):
              "MAX_THINK_WORDS", "MAX_NEW_TOKENS"]
     extra = ("- Trained as a demo on a small illustrative dataset with a 135M-parameter model: it shows the pipeline "
              "working, not a useful medical model." if info.get("model_name") == EMBEDDED else "")
-    if results.get("data", {}).get("shortened_reasoning"):
+    if data.get("shortened_reasoning"):
         extra += ("\n" if extra else "") + (
             f"- Trained on chains of thought shortened to about {settings['MAX_THINK_WORDS']} words (their opening "
-            f"and concluding paragraphs; {results['data']['shortened_reasoning']} rows): expect short reasoning, "
+            f"and concluding paragraphs; {data['shortened_reasoning']} rows): expect short reasoning, "
             f"not the full length of the dataset's.")
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id,
