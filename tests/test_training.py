@@ -16,7 +16,8 @@ END_OF_TURN = "<|im_end|>"
 
 
 def settings(tmp_path, **overrides):
-    base = dict(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, GROUP_BY_LENGTH=True, MAX_STEPS=4, LEARNING_RATE=5e-3,
+    base = dict(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, GROUP_BY_LENGTH=True, MAX_STEPS=4,
+                LEARNING_RATE=5e-3,
                 LR_SCHEDULER="constant", WARMUP_STEPS=0, WEIGHT_DECAY=0.0, GRADIENT_CHECKPOINTING=False, VAL_SIZE=2,
                 EVAL_STEPS=2, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=2, SEED=0, OUTPUT_DIR=str(tmp_path), LORA_R=8,
                 LORA_ALPHA=16, LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "k_proj", "v_proj", "o_proj"])
