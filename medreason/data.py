@@ -8,6 +8,7 @@ import csv
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -178,3 +179,31 @@ def split(rows: list[dict], val_size: int, train_samples: int | None, seed: int)
             raise DataError(f"TRAIN_SAMPLES={train_samples}: must be at least 1, or None for all rows.")
         train = train.select(range(min(train_samples, len(train))))
     return train, val
+
+
+@dataclass
+class TrainingData:
+    train: object  # datasets.Dataset of prompt/completion conversations
+    val: object | None  # the same for the held-out rows (eval loss)
+    val_rows: object | None  # the held-out rows as read (answer metrics, validation.jsonl)
+    info: dict  # counts for results.json and the model card
+
+
+def prepare_training_data(cfg, style) -> TrainingData:
+    """Read, validate, shorten (MAX_THINK_WORDS), split and format the run's rows, printing what happened."""
+    from .prompts import to_conversation
+    rows, dropped = validate(load_records(cfg.DATASET, cfg.DATASET_CONFIG), cfg.DATASET)
+    print(f"[data] {len(rows)} usable rows from {cfg.DATASET}"
+          + (f"; dropped {sum(dropped.values())}: {dict(dropped)}" if dropped else ""))
+    rows, shortened = shorten_rows(rows, cfg.MAX_THINK_WORDS)
+    if shortened:
+        print(f"[data] MAX_THINK_WORDS={cfg.MAX_THINK_WORDS}: {shortened} chains of thought shortened to their "
+              f"opening and concluding paragraphs, so the model learns to conclude (experiments/LOG.md)")
+    train_rows, val_rows = split(rows, cfg.VAL_SIZE, cfg.TRAIN_SAMPLES, cfg.SEED)
+    print(f"[data] {len(train_rows)} training rows, {len(val_rows) if val_rows else 0} validation rows "
+          f"(seed {cfg.SEED})")
+    as_conversation = lambda row: to_conversation(row, style)  # noqa: E731
+    val = val_rows.map(as_conversation, remove_columns=list(FIELDS)) if val_rows else None
+    return TrainingData(train_rows.map(as_conversation, remove_columns=list(FIELDS)), val, val_rows,
+                        {"train_rows": len(train_rows), "val_rows": len(val_rows) if val_rows else 0,
+                         "dropped": dict(dropped), "shortened_reasoning": shortened})

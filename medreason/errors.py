@@ -8,6 +8,9 @@ class UserError(ValueError):
 def run_cli(main) -> None:
     """Run a script's main(argv): a UserError prints as one line (exit 1); an int result is the exit status."""
     import sys
+
+    from . import quiet
+    quiet.install()  # before the script imports torch and friends
     try:
         status = main(sys.argv[1:])
     except UserError as error:

@@ -160,3 +160,22 @@ def evaluate_held_out(model, tokenizer, rows: list[dict], style: PromptStyle, ma
     results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed)
     write_report(out_dir, results, rows, "reasoning", meta, log_history)
     return results
+
+
+def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: PromptStyle, cfg, out):
+    """A training run's last step: its eval loss and log, then base vs tuned on EVAL_SAMPLES held-out questions.
+    Returns (comparison, eval loss, the rows evaluated)."""
+    import json
+
+    from .training import final_eval_loss
+    eval_loss = final_eval_loss(trainer) if val_rows else None
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        FastLanguageModel.for_inference(model)
+    sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows))))) if val_rows else []
+    comparison = evaluate_held_out(model, tokenizer, sample, style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
+                                   cfg.SEED, out / "evaluation",
+                                   {"data": cfg.DATASET, "max_new_tokens": cfg.MAX_NEW_TOKENS},
+                                   trainer.state.log_history)
+    return comparison, eval_loss, sample

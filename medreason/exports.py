@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -9,19 +10,58 @@ from .errors import UserError
 GGUF_METHODS = ("q4_k_m", "q8_0", "f16")
 
 
-def check_exports(save_gguf: str, backend: str) -> list[str]:
-    """Preflight: refuse what cannot work; return notes to print."""
-    if not save_gguf:
-        return []
-    if save_gguf not in GGUF_METHODS:
+@dataclass(frozen=True)
+class ExportPlan:
+    merged: bool
+    gguf: str  # "" = none, else the quantization method
+
+
+def check_exports(save_merged: bool, save_gguf: str, backend: str, model_path: str) -> ExportPlan:
+    """Preflight, before any model loads: refuse what cannot work, print what may not."""
+    if save_gguf and save_gguf not in GGUF_METHODS:
         raise UserError(f"SAVE_GGUF={save_gguf!r}: use one of {', '.join(GGUF_METHODS)}, or '' for no GGUF.")
-    if backend != "unsloth":
+    if save_gguf and backend != "unsloth":
         raise UserError("SAVE_GGUF needs the Unsloth backend (its save_pretrained_gguf drives llama.cpp). Fix: "
                         "--BACKEND=unsloth, or --SAVE_GGUF='' and convert the merged model with llama.cpp yourself.")
-    if not (shutil.which("llama-quantize") or Path("llama.cpp").is_dir()):
-        return ["GGUF export needs llama.cpp: Unsloth will try to build it at the end of the run (needs internet, "
-                "git and cmake). If that fails, the adapter is already saved and only the GGUF file is missing."]
-    return []
+    if save_gguf and not (shutil.which("llama-quantize") or Path("llama.cpp").is_dir()):
+        print("[preflight] GGUF export needs llama.cpp: Unsloth will try to build it at the end of the run (needs "
+              "internet, git and cmake). If that fails, the adapter is already saved and pushed.")
+    if save_merged and backend != "unsloth" and _is_quantized(model_path):
+        raise UserError(f"SAVE_MERGED=True on the transformers backend with the pre-quantized {model_path!r}: the "
+                        f"merge would fold the adapter into 4-bit weights. Fix: --BACKEND=unsloth (it merges into "
+                        f"the 16-bit original), or set MODEL_NAME to the 16-bit base model.")
+    return ExportPlan(bool(save_merged), save_gguf)
+
+
+def _is_quantized(model_path: str) -> bool:
+    """Whether the checkpoint itself stores quantized weights (its config carries a quantization_config)."""
+    from transformers import AutoConfig
+    try:
+        return getattr(AutoConfig.from_pretrained(model_path), "quantization_config", None) is not None
+    except (OSError, ValueError):  # offline and not cached: the name is the remaining evidence
+        return "bnb-4bit" in model_path.lower() or "4bit" in model_path.lower()
+
+
+def run_exports(plan: ExportPlan, model, tokenizer, backend: str, base_path: str, adapter_dir: Path,
+                out: Path) -> bool:
+    """The exports, after the adapter is saved and pushed: a failure is reported, never raised. False if one
+    failed."""
+    jobs = []
+    if plan.merged:
+        jobs.append(("merged 16-bit model",
+                     lambda: save_merged(model, tokenizer, backend, base_path, adapter_dir, out / "merged")))
+    if plan.gguf:
+        jobs.append((f"GGUF ({plan.gguf})", lambda: save_gguf(model, tokenizer, out / "gguf", plan.gguf)))
+    ok = True
+    for what, job in jobs:
+        try:
+            print(f"[export] {what} -> {job()}")
+        except Exception as e:  # llama.cpp missing, disk full...: the adapter is already saved (and pushed)
+            ok = False
+            print(f"[export] {what} FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). The "
+                  f"adapter in {adapter_dir} is saved (and pushed, if PUSH_TO_HUB was set); only this export is "
+                  f"missing.")
+    return ok
 
 
 def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, dtype=None) -> Path:
@@ -49,10 +89,6 @@ def save_merged(model, tokenizer, backend: str, base_path: str, adapter_dir: Pat
 
 
 def save_gguf(model, tokenizer, out_dir: Path, method: str) -> Path:
-    try:
-        model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=method)
-    except Exception as e:  # llama.cpp missing or failing to build: say so, the adapter is safe
-        raise UserError(f"GGUF export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). It "
-                        f"needs llama.cpp (llama-quantize); build it (cmake) or run on a machine with internet where "
-                        f"Unsloth can build it. The adapter and the merged model are already saved.") from None
+    """Unsloth's GGUF export; it needs llama.cpp (llama-quantize), which Unsloth builds where it has internet."""
+    model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=method)
     return out_dir

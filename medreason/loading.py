@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hardware
 from .embedded import EMBEDDED
 from .errors import UserError
 from .prompts import PromptStyle, get_style
@@ -68,9 +69,8 @@ def choose_backend(backend: str) -> str:
 
 
 def load(source: str, base_model: str | None = None, backend: str = "transformers", device: str | None = None,
-         max_seq_length: int = 2048) -> Loaded:
+         max_seq_length: int = 2048, precision: str = "auto") -> Loaded:
     """Model, tokenizer and the prompt style the model was trained with, ready to generate."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     from .modeling import load_tokenizer, resolve_model_path
@@ -81,9 +81,11 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
     style = get_style(info.get("prompt_style", "think_response"))
     if info.get("system_prompt"):
         style = PromptStyle(style.name, style.answer_template, info["system_prompt"])
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else (
-        torch.float16 if device == "cuda" else torch.float32)
+    machine = hardware.detect()
+    device = device or machine.device
+    precision, why = hardware.choose_precision(precision, machine, backend)
+    dtype = hardware.torch_dtype(precision)
+    print(f"[load] precision: {why}")
 
     if (folder / "adapter_config.json").is_file():
         recorded = adapter_base(folder, info)
@@ -92,14 +94,14 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
             print(f"[load] note: the adapter was trained on {recorded!r}; using --base-model {base_model!r}")
         if backend == "unsloth":  # base in 4-bit as in training, then the adapter, then Unsloth's fast generation
             model, _ = FastLanguageModel.from_pretrained(resolve_model_path(base), max_seq_length=max_seq_length,
-                                                         load_in_4bit=info.get("load_in_4bit", True))
+                                                         dtype=dtype, load_in_4bit=info.get("load_in_4bit", True))
         else:
             model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), dtype, "base model", base)
         model = _attach_adapter(model, folder, base, recorded)
         kind = "adapter"
     elif (folder / "config.json").is_file():
         if backend == "unsloth":
-            model, _ = FastLanguageModel.from_pretrained(str(folder), max_seq_length=max_seq_length)
+            model, _ = FastLanguageModel.from_pretrained(str(folder), max_seq_length=max_seq_length, dtype=dtype)
         else:
             model = _from_pretrained(AutoModelForCausalLM, str(folder), dtype, "merged model", source)
         base, kind = source, "model"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .embedded import EMBEDDED, EMBEDDED_HUB_ID, embedded_model_dir
 from .errors import UserError
+from .hardware import torch_dtype
+from .prompts import pin_template_date
 
 
 def resolve_model_path(model_name: str) -> str:
@@ -25,7 +27,7 @@ def load_tokenizer(model_path: str):
         raise UserError(f"MODEL_NAME={model_path!r}: cannot load its tokenizer ({str(e).splitlines()[0]}). Fix: check "
                         f"the Hub id and your connection, pass a local model folder, or use --MODEL_NAME=embedded "
                         f"offline.") from None
-    return _ensure_pad_token(tokenizer)
+    return pin_template_date(_ensure_pad_token(tokenizer))
 
 
 def _ensure_pad_token(tokenizer):
@@ -44,14 +46,15 @@ def load_for_training(cfg, plan, model_path: str):
     return _load_transformers(cfg, plan, model_path)
 
 
+def unsloth_load_kwargs(cfg, plan, model_path: str) -> dict:
+    """What FastLanguageModel.from_pretrained is given: the dtype is the run's one precision decision."""
+    return dict(model_name=model_path, max_seq_length=cfg.MAX_SEQ_LENGTH, dtype=torch_dtype(plan.precision),
+                load_in_4bit=plan.load_in_4bit)
+
+
 def _load_unsloth(cfg, plan, model_path):
     from unsloth import FastLanguageModel
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_path,
-        max_seq_length=cfg.MAX_SEQ_LENGTH,
-        dtype=None,  # Unsloth picks fp16 on T4/V100, bf16 on Ampere+ and on CPU
-        load_in_4bit=plan.load_in_4bit,
-    )
+    model, tokenizer = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(cfg, plan, model_path))
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.LORA_R,
@@ -62,15 +65,14 @@ def _load_unsloth(cfg, plan, model_path):
         use_gradient_checkpointing="unsloth" if cfg.GRADIENT_CHECKPOINTING else False,
         random_state=cfg.SEED,
     )
-    return model, _ensure_pad_token(tokenizer)
+    return model, pin_template_date(_ensure_pad_token(tokenizer))
 
 
 def _load_transformers(cfg, plan, model_path):
-    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
+    compute_dtype = torch_dtype(plan.precision)
     kwargs = {"dtype": compute_dtype}
     if plan.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -99,6 +101,9 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
     tokenizer.save_pretrained(folder)
+    # peft also writes a placeholder model card naming this machine's cache path as base_model; the real card is
+    # rendered at publishing (medreason/publishing.py), so the placeholder is not kept.
+    (folder / "README.md").unlink(missing_ok=True)
     if info and info.get("model_name") == EMBEDDED:  # a portable id rather than this machine's cache path
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text())

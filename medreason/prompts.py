@@ -19,6 +19,13 @@ SYSTEM_PROMPT = (
 
 DISCLAIMER = "Educational use only, not medical advice: consult a qualified clinician for any health decision."
 
+# Llama-3.x chat templates write today's date into the system header (`strftime_now`) unless `date_string` is given,
+# so a model trained on one day would be asked with another day's prompt. Every template that reads `date_string`
+# gets this fixed date instead, at training, evaluation and inference alike (it is saved with the adapter's
+# tokenizer). The value is Llama-3's own fallback when no clock is available.
+TEMPLATE_DATE = "26 Jul 2024"
+_DATE_PIN = '{%- set date_string = "' + TEMPLATE_DATE + '" %}'
+
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -37,6 +44,19 @@ PROMPT_STYLES = {
     "think_response": PromptStyle(
         "think_response", "<think>\n{thinking}\n</think>\n<response>\n{response}\n</response>"),
 }
+
+
+def pin_template_date(tokenizer):
+    """Fix the date a chat template would read from the clock; a no-op for templates without one (SmolLM2's)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or "strftime_now" not in template or template.startswith(_DATE_PIN):
+        return tokenizer
+    if "date_string" not in template:
+        raise UserError("the model's chat template writes today's date (strftime_now) without a date_string "
+                        "variable to fix it, so training and inference prompts would differ from day to day. Fix: "
+                        "give the tokenizer a chat template that takes date_string (as Llama-3.x's do).")
+    tokenizer.chat_template = _DATE_PIN + template
+    return tokenizer
 
 
 def get_style(name: str) -> PromptStyle:

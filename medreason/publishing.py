@@ -24,7 +24,7 @@ class PushPlan:
 
 
 def check_push(push_to_hub, repo_id: str, private: bool, run_name: str) -> PushPlan:
-    """Preflight, before any model loads: a push needs a token and a well-formed repo id."""
+    """Preflight, before any model loads: a push needs a token that may write to a well-formed repo id."""
     if push_to_hub in (False, "off", "none", ""):
         return PushPlan("off", repo_id, private)
     if push_to_hub not in (True, "dry-run"):
@@ -32,12 +32,45 @@ def check_push(push_to_hub, repo_id: str, private: bool, run_name: str) -> PushP
     repo_id = repo_id or os.environ.get("HF_REPO_ID", "")
     if push_to_hub == "dry-run":
         return PushPlan("dry-run", repo_id or f"your-name/{run_name}", private)
-    if not os.environ.get("HF_TOKEN"):
-        raise UserError("PUSH_TO_HUB=True needs a Hugging Face token with write access. Fix: put HF_TOKEN=hf_… in "
-                        ".env (see .env.example) or the environment, or use --PUSH_TO_HUB=dry-run to build the "
-                        "upload folder without pushing.")
+    from huggingface_hub import get_token
+    if not get_token():  # HF_TOKEN (environment or .env), then `hf auth login`'s saved token, then Colab's secret
+        raise UserError("PUSH_TO_HUB=True needs a Hugging Face token with write access, and none was found. Fix: "
+                        "`hf auth login`, or HF_TOKEN=hf_… in .env or the environment (in Colab: the HF_TOKEN "
+                        "secret), or --PUSH_TO_HUB=dry-run to build the upload folder without pushing.")
     check_repo_id(repo_id)
+    print(f"[preflight] push: {check_write_access(repo_id)}")
     return PushPlan("push", repo_id, private)
+
+
+def check_write_access(repo_id: str) -> str:
+    """Ask the Hub (whoami) whether the token may write to repo_id's namespace; a sentence saying what was found.
+    Refuses an invalid or read-only token and a namespace that is neither the user's nor one of their orgs'."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+    if constants.HF_HUB_OFFLINE:
+        return "offline (HF_HUB_OFFLINE=1): write access not checked; the push at the end needs a connection"
+    try:
+        me = HfApi().whoami()
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code == 401:
+            raise UserError(f"the Hugging Face Hub refused the token ({str(e).splitlines()[0]}). Fix: create a "
+                            f"write token at https://huggingface.co/settings/tokens and `hf auth login --force`, "
+                            f"or set HF_TOKEN.") from None
+        return f"could not check the token ({type(e).__name__}); the push is tried at the end"
+    except Exception as e:  # no connection: the run may still be worth doing; the push keeps everything on failure
+        return f"could not reach the Hub to check the token ({type(e).__name__}); the push is tried at the end"
+    user = me.get("name", "?")
+    role = (me.get("auth", {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise UserError(f"the Hugging Face token of {user!r} is read-only, so the push at the end would fail. Fix: "
+                        f"create a token with write access at https://huggingface.co/settings/tokens, then "
+                        f"`hf auth login --force` (or HF_TOKEN in .env).")
+    namespaces = [user] + [org.get("name") for org in me.get("orgs", [])]
+    namespace, name = repo_id.split("/")
+    if namespace not in namespaces:
+        raise UserError(f"HF_REPO_ID={repo_id!r}: the token belongs to {user!r}, who can push to "
+                        f"{', '.join(namespaces)} but not to {namespace!r}. Fix: --HF_REPO_ID={user}/{name}.")
+    return f"the token of {user!r} ({role or 'unknown'} access) may push to {repo_id}"
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -167,7 +200,7 @@ def describe_folder(folder: Path) -> str:
 def push(folder: Path, plan: PushPlan) -> str:
     """Create the repo if needed and upload the folder; returns the repo URL."""
     from huggingface_hub import HfApi
-    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    api = HfApi()  # the token from huggingface_hub's own lookup (HF_TOKEN, `hf auth login`, Colab secret)
     url = api.create_repo(plan.repo_id, private=plan.private, exist_ok=True)
     api.upload_folder(repo_id=plan.repo_id, folder_path=str(folder), commit_message="Upload medical reasoning adapter")
     return str(url)

@@ -3,11 +3,27 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth",
             "unsloth_zoo", "rouge-score", "wandb", "huggingface_hub")
+
+
+class Clock:
+    """Seconds per step of a run: lap("train") records the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.time()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name], self.last = now - self.last, now
+
+    def timings(self) -> dict[str, float]:
+        return {**self.laps, "total": time.time() - self.start}
 
 
 def versions() -> dict:

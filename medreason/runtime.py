@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 
+from . import hardware
 from .data import DEMO_DATASET
 from .embedded import EMBEDDED
 from .errors import UserError
@@ -29,7 +30,8 @@ SMALL_MODEL_RECIPE = dict(
 DEMO_PROFILE = dict(
     SMALL_MODEL_RECIPE, MODEL_NAME=EMBEDDED, DATASET=str(DEMO_DATASET), MAX_SEQ_LENGTH=512, VAL_SIZE=6,
     TRAIN_SAMPLES=None, BATCH_SIZE=4, GRAD_ACCUM=1, MAX_STEPS=30, EVAL_STEPS=15, SAVE_STEPS=15, EVAL_SAMPLES=6,
-    MAX_NEW_TOKENS=256, EVAL_BATCH_SIZE=6, PUSH_TO_HUB="dry-run", GROUP_BY_LENGTH=False,
+    MAX_NEW_TOKENS=256, EVAL_BATCH_SIZE=6, PUSH_TO_HUB="dry-run", GROUP_BY_LENGTH=False, LOGGING_STEPS=5,
+    OUTPUT_DIR="outputs/demo-smollm2-135m",  # never the real run's folder: its checkpoints would be resumed there
 )
 
 
@@ -44,17 +46,6 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     cpu_settings: list[str] = field(default_factory=list)  # the settings sized down for a CPU
     recipe_settings: list[str] = field(default_factory=list)  # set by SMALL_MODEL_RECIPE for the embedded model
-
-
-def detect_hardware() -> tuple[str, str, bool]:
-    """(device kind, its name, whether it computes in bf16)."""
-    import torch
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        return "cuda", f"{torch.cuda.get_device_name(0)} (sm{major}{minor})", torch.cuda.is_bf16_supported()
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps", "Apple MPS", False
-    return "cpu", "CPU", False
 
 
 def apply_demo_profile(cfg, overridden: set[str], device: str) -> list[str]:
@@ -111,8 +102,9 @@ def _import_unsloth() -> str | None:
 
 
 def plan_run(cfg, overridden: set[str]) -> Plan:
-    device, device_name, bf16_ok = detect_hardware()
-    reasons = [f"device: {device_name}"]
+    machine = hardware.detect()
+    device = machine.device
+    reasons = [f"device: {machine.describe()}"]
     demo_settings = apply_demo_profile(cfg, overridden, device)
     recipe_settings = [] if demo_settings else apply_small_model_recipe(cfg, overridden)
     if recipe_settings:
@@ -122,41 +114,42 @@ def plan_run(cfg, overridden: set[str]) -> Plan:
     reasons += [f"{name}: {why}. --{name}=... sets it." for name, why in cpu_settings.items()]
     if demo_settings:
         reasons.append(f"DEMO MODE: no CUDA GPU and MODEL_NAME left at {GPU_DEFAULT_MODEL!r}, so the embedded "
-                       f"SmolLM2-135M and the shipped illustrative demo data are used, sized for about 10 minutes "
-                       f"on 2 CPU cores (settings given on the command line still win)")
-
-    backend = cfg.BACKEND
-    if backend not in {"auto", "unsloth", "transformers"}:
-        raise UserError(f"BACKEND={backend!r}: choose 'auto', 'unsloth' or 'transformers'.")
-    if backend in {"auto", "unsloth"} and device != "mps":
-        why_not = _import_unsloth()
-        if why_not and backend == "unsloth":
-            raise UserError(f"BACKEND='unsloth' but {why_not}. Fix: install it, or --BACKEND=transformers.")
-        if why_not:
-            backend = "transformers"
-            reasons.append(f"backend: transformers + peft, because {why_not}")
-        else:
-            backend = "unsloth"
-            reasons.append("backend: unsloth (fast LoRA kernels; default wherever it imports"
-                           + (", here in its CPU mode)" if device == "cpu" else ")"))
-    else:
-        backend = "transformers"
-        reasons.append("backend: transformers + peft (" + ("Unsloth has no MPS support)" if device == "mps"
-                                                          else "BACKEND='transformers')"))
-
+                       f"SmolLM2-135M and the shipped illustrative demo data are used, sized for about 3 minutes "
+                       f"on 2 CPU cores, writing to its own folder {cfg.OUTPUT_DIR!r} (settings given on the "
+                       f"command line still win)")
+    backend = choose_backend(cfg.BACKEND, device, reasons)
+    precision, why = hardware.choose_precision(cfg.PRECISION, machine, backend)
+    reasons.append(f"precision: {why}")
     if device == "cuda":
-        precision = "bf16" if bf16_ok else "fp16"
-        reasons.append(f"precision: {precision} mixed precision" + (" (Ampere or newer supports bf16)" if bf16_ok
-                       else f" because {device_name} has no bf16 (T4/V100)"))
         load_in_4bit, optim = cfg.LOAD_IN_4BIT, "adamw_8bit"
         reasons.append("optimizer: 8-bit AdamW (bitsandbytes) to save GPU memory")
     elif backend == "unsloth":
-        precision, load_in_4bit, optim = "bf16", cfg.LOAD_IN_4BIT, "adamw_torch"
-        reasons.append("precision: bf16 (Unsloth's CPU mode computes in bf16)"
-                       + ("; 4-bit weights via bitsandbytes' CPU kernels" if load_in_4bit else ""))
+        load_in_4bit, optim = cfg.LOAD_IN_4BIT, "adamw_torch"
+        if load_in_4bit:
+            reasons.append("4-bit weights via bitsandbytes' CPU kernels (Unsloth's CPU mode)")
     else:
-        precision, load_in_4bit, optim = "fp32", False, "adamw_torch"
-        reasons.append(f"precision: fp32 full precision on {device} (bitsandbytes 4-bit training needs CUDA on "
-                       f"the transformers backend{'; LOAD_IN_4BIT ignored' if cfg.LOAD_IN_4BIT else ''})")
+        load_in_4bit, optim = False, "adamw_torch"
+        if cfg.LOAD_IN_4BIT:
+            reasons.append(f"LOAD_IN_4BIT ignored on {device}: bitsandbytes 4-bit training needs CUDA on the "
+                           f"transformers backend")
     return Plan(backend, device, precision, load_in_4bit, optim, demo_settings, reasons, list(cpu_settings),
                 recipe_settings)
+
+
+def choose_backend(requested: str, device: str, reasons: list[str]) -> str:
+    """'unsloth' wherever it imports (its CPU mode included) unless BACKEND says otherwise; else transformers."""
+    if requested not in {"auto", "unsloth", "transformers"}:
+        raise UserError(f"BACKEND={requested!r}: choose 'auto', 'unsloth' or 'transformers'.")
+    if requested == "transformers" or device == "mps":
+        reasons.append("backend: transformers + peft (" + ("Unsloth has no MPS support)" if device == "mps"
+                                                          else "BACKEND='transformers')"))
+        return "transformers"
+    why_not = _import_unsloth()
+    if why_not and requested == "unsloth":
+        raise UserError(f"BACKEND='unsloth' but {why_not}. Fix: install it, or --BACKEND=transformers.")
+    if why_not:
+        reasons.append(f"backend: transformers + peft, because {why_not}")
+        return "transformers"
+    reasons.append("backend: unsloth (fast LoRA kernels; default wherever it imports"
+                   + (", here in its CPU mode)" if device == "cpu" else ")"))
+    return "unsloth"

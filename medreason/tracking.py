@@ -11,20 +11,41 @@ def load_secrets(env_file: str | os.PathLike = ".env") -> bool:
     return load_dotenv(Path(env_file), override=False)
 
 
-def setup_wandb(report_to: str, project: str, output_dir: str) -> tuple[list[str], str]:
-    """The trainer's report_to list and a sentence saying where the metrics go."""
+def setup_wandb(report_to: str, project: str, output_dir: str) -> list[str]:
+    """The trainer's report_to list; prints where the metrics go. Online when the user is logged in to W&B
+    (WANDB_API_KEY, or a `wandb login` saved in ~/.netrc), offline run files otherwise; WANDB_MODE, if set, wins."""
     if report_to in {"none", "", None}:
-        return [], "W&B: off (REPORT_TO='none')"
+        print("[track] W&B: off (REPORT_TO='none')")
+        return []
     if report_to != "wandb":
-        return [report_to], f"metrics reported to {report_to}"
+        print(f"[track] metrics reported to {report_to}")
+        return [report_to]
     os.environ.setdefault("WANDB_PROJECT", project)
     os.environ.setdefault("WANDB_DIR", str(Path(output_dir).resolve()))
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    login = wandb_login()
+    if os.environ.get("WANDB_MODE"):
+        print(f"[track] W&B: WANDB_MODE={os.environ['WANDB_MODE']} (set by you), run files under "
+              f"{os.environ['WANDB_DIR']}/wandb/")
+    elif login:
+        print(f"[track] W&B: logging online to project {os.environ['WANDB_PROJECT']!r} (logged in via {login})")
+    else:
+        os.environ["WANDB_MODE"] = "offline"
+        print(f"[track] W&B: not logged in (no WANDB_API_KEY, no `wandb login`), so offline run files under "
+              f"{os.environ['WANDB_DIR']}/wandb/ (upload later with `wandb sync`)")
+    return ["wandb"]
+
+
+def wandb_login() -> str | None:
+    """Where a W&B API key would come from ('WANDB_API_KEY' or '~/.netrc'), or None when the user is not logged in."""
     if os.environ.get("WANDB_API_KEY"):
-        return ["wandb"], f"W&B: logging online to project {os.environ['WANDB_PROJECT']!r}"
-    os.environ["WANDB_MODE"] = "offline"
-    return ["wandb"], (f"W&B: no WANDB_API_KEY, so offline run files under {os.environ['WANDB_DIR']}/wandb/ "
-                       f"(upload later with `wandb sync`)")
+        return "WANDB_API_KEY"
+    try:
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        return "`wandb login` (~/.netrc)" if read_netrc_auth(host=host) else None
+    except Exception:  # an unreadable or malformed netrc: treated as not logged in (W&B would refuse it too)
+        return None
 
 
 class _NullRun:
@@ -46,3 +67,10 @@ def current_run():
     except ImportError:
         return _NullRun()
     return wandb.run or _NullRun()
+
+
+def finish(metrics: dict) -> None:
+    """The final metrics into the W&B run's summary (if there is a run), then close it."""
+    run = current_run()
+    run.summary.update({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    run.finish()

@@ -1,12 +1,43 @@
 """trl's SFTTrainer configured from the script's settings: completion-only loss, checkpoints, resume."""
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
 
+RUN_INFO = "training_info.json"  # written next to the checkpoints: what they were trained from
+
+
+def run_info(cfg, plan, style) -> dict:
+    """training_info.json, saved with the adapter and next to the checkpoints: inference asks with exactly this
+    base model, prompt and date; a resumed run must match it."""
+    from .prompts import TEMPLATE_DATE
+    return {"model_name": cfg.MODEL_NAME, "prompt_style": style.name, "system_prompt": style.system_prompt,
+            "template_date": TEMPLATE_DATE, "max_seq_length": cfg.MAX_SEQ_LENGTH, "max_new_tokens": cfg.MAX_NEW_TOKENS,
+            "backend": plan.backend, "precision": plan.precision, "load_in_4bit": plan.load_in_4bit}
+
+
 def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
+    """trl's SFTConfig, built (and so checked by transformers) before any data or model is loaded."""
     from trl import SFTConfig
+    from transformers.trainer_utils import SchedulerType
+
+    from .errors import UserError
+    schedulers = [s.value for s in SchedulerType]
+    if cfg.LR_SCHEDULER not in schedulers:
+        close = difflib.get_close_matches(cfg.LR_SCHEDULER, schedulers, n=1)
+        raise UserError(f"LR_SCHEDULER={cfg.LR_SCHEDULER!r} is not a schedule transformers knows"
+                        + (f". Did you mean {close[0]!r}?" if close else "")
+                        + f" Fix: one of {', '.join(schedulers)}.")
+    try:
+        return _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir)
+    except ValueError as e:  # transformers checks combinations (steps, strategies...) in __post_init__
+        raise UserError(f"the trainer refused these settings: {str(e).splitlines()[0]} Fix: change the setting it "
+                        f"names (settings are the constants at the top of the script).") from None
+
+
+def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
     evaluate = cfg.VAL_SIZE > 0 and cfg.EVAL_STEPS > 0
     return SFTConfig(
         output_dir=str(checkpoint_dir),
@@ -33,7 +64,7 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
         save_strategy="steps",
         save_steps=cfg.SAVE_STEPS,
         save_total_limit=cfg.SAVE_TOTAL_LIMIT,
-        logging_steps=1,
+        logging_steps=cfg.LOGGING_STEPS,  # each log is also a printed line under the progress bar
         logging_first_step=True,
         report_to=report_to,
         run_name=Path(cfg.OUTPUT_DIR).name,
@@ -57,23 +88,60 @@ def final_eval_loss(trainer) -> float:
 
 
 def check_resumable(checkpoint: str | None, cfg) -> None:
-    """A checkpoint trained with other LoRA settings cannot be resumed (its optimizer state does not fit): say so
-    before the model loads, instead of torch's "parameter group doesn't match" after it."""
+    """A checkpoint of another base model, or of other LoRA settings, cannot be resumed: say so before the model
+    loads, instead of torch's "parameter group doesn't match" (or a silently wrong model) after it."""
     from .errors import UserError
-    config = Path(checkpoint or "") / "adapter_config.json"
-    if not checkpoint or not config.is_file():
+    if not checkpoint:
         return
+    folder = Path(checkpoint)
+    differences = _base_model_difference(folder.parent, cfg) + _lora_differences(folder, cfg)
+    if differences:
+        raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(differences)}), so this run cannot "
+                        f"resume from it. Fix: use another --OUTPUT_DIR, delete {folder.parent} to start over, or "
+                        f"pass the settings it was trained with.")
+
+
+def _base_model_difference(checkpoint_dir: Path, cfg) -> list[str]:
+    info = checkpoint_dir / RUN_INFO
+    saved = json.loads(info.read_text()).get("model_name") if info.is_file() else None
+    return [f"MODEL_NAME {saved!r} there, {cfg.MODEL_NAME!r} now"] if saved and saved != cfg.MODEL_NAME else []
+
+
+def _lora_differences(checkpoint: Path, cfg) -> list[str]:
+    config = checkpoint / "adapter_config.json"
+    if not config.is_file():
+        return []
     saved = json.loads(config.read_text())
-    differences = [f"{name} {saved.get(key)!r} there, {value!r} now" for name, key, value, same in (
+    return [f"{name} {saved.get(key)!r} there, {value!r} now" for name, key, value, same in (
         ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,  # peft may save a regex string: not compared
          not isinstance(saved.get("target_modules"), list)
          or sorted(saved["target_modules"]) == sorted(cfg.TARGET_MODULES)),
         ("LORA_R", "r", cfg.LORA_R, saved.get("r") == cfg.LORA_R),
         ("LORA_ALPHA", "lora_alpha", cfg.LORA_ALPHA, saved.get("lora_alpha") == cfg.LORA_ALPHA)) if not same]
-    if differences:
-        raise UserError(f"{checkpoint} was trained with other LoRA settings ({'; '.join(differences)}), so this "
-                        f"run cannot resume from it. Fix: use another --OUTPUT_DIR, delete {Path(checkpoint).parent} "
-                        f"to start over, or pass the settings it was trained with.")
+
+
+def resume_point(checkpoint_dir: Path, cfg) -> str | None:
+    """The newest checkpoint to resume from, checked against this run's settings (None: start fresh)."""
+    checkpoint = last_checkpoint(checkpoint_dir)
+    check_resumable(checkpoint, cfg)
+    if checkpoint:
+        print(f"[train] resuming from {checkpoint} (delete {checkpoint_dir} to start over)")
+    return checkpoint
+
+
+def train(trainer, resume: str | None, out: Path, info: dict):
+    """trainer.train, resuming from `resume`. Ctrl-C keeps the adapter so far and the checkpoints to resume from."""
+    from .modeling import save_adapter
+    checkpoint_dir = Path(trainer.args.output_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")  # read by check_resumable
+    try:
+        return trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        saved = save_adapter(trainer.model, trainer.processing_class, out / "adapter-interrupted", info)
+        raise SystemExit(f"\n[train] interrupted at step {trainer.state.global_step}: adapter so far saved to "
+                         f"{saved}. Run the same command again to resume from the newest checkpoint in "
+                         f"{checkpoint_dir}.") from None
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:

@@ -11,7 +11,7 @@ PIP=".venv/bin/python -m pip"
 quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }  # local mirror noise
 quiet $PIP install -q --upgrade pip
 quiet $PIP install -q torch==2.13.0
-quiet $PIP install -q -c constraints-cpu.txt -r requirements.txt -r requirements-dev.txt
+quiet $PIP install -q -c constraints-cpu.txt -r requirements-cpu.txt -r requirements-dev.txt
 quiet $PIP install -q --no-deps -r requirements-nodeps.txt
 # A torchvision wheel built against another torch makes `import unsloth` fail; we never need it.
 $PIP uninstall -q -y torchvision 2>/dev/null || true

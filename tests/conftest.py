@@ -111,11 +111,10 @@ def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
     from medreason.runtime import Plan
     out = tmp_path_factory.mktemp("tiny-run")
     cfg = types.SimpleNamespace(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, GROUP_BY_LENGTH=True,
-                                MAX_STEPS=2,
-                                LEARNING_RATE=5e-3, LR_SCHEDULER="constant", WARMUP_STEPS=0, WEIGHT_DECAY=0.0,
-                                GRADIENT_CHECKPOINTING=False, VAL_SIZE=0, EVAL_STEPS=0, SAVE_STEPS=10,
+                                MAX_STEPS=2, LEARNING_RATE=5e-3, LR_SCHEDULER="constant", WARMUP_STEPS=0,
+                                WEIGHT_DECAY=0.0, GRADIENT_CHECKPOINTING=False, VAL_SIZE=0, EVAL_STEPS=0, SAVE_STEPS=10,
                                 SAVE_TOTAL_LIMIT=1, SEED=0, OUTPUT_DIR=str(out), LORA_R=8, LORA_ALPHA=16,
-                                LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "v_proj"])
+                                LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "v_proj"], LOGGING_STEPS=1)
     plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
     style = get_style("think_response")
     model, tok = load_for_training(cfg, plan, str(tiny_model_dir))

@@ -119,11 +119,16 @@ def test_merged_export_gives_the_same_logits_as_base_plus_adapter(tiny_model_dir
     assert not torch.allclose(base, got, atol=1e-4), "the merge must carry the adapter's change"
 
 
-def test_gguf_preflight():
-    assert exports.check_exports("", "transformers") == []
+def test_export_preflight(capsys):
+    assert exports.check_exports(False, "", "transformers", "any") == exports.ExportPlan(False, "")
     with pytest.raises(UserError, match="SAVE_GGUF='q5'"):
-        exports.check_exports("q5", "unsloth")
+        exports.check_exports(False, "q5", "unsloth", "any")
     with pytest.raises(UserError, match="needs the Unsloth backend"):
-        exports.check_exports("q4_k_m", "transformers")
-    notes = exports.check_exports("q4_k_m", "unsloth")
-    assert notes and "llama.cpp" in notes[0]
+        exports.check_exports(False, "q4_k_m", "transformers", "any")
+    assert exports.check_exports(False, "q4_k_m", "unsloth", "any").gguf == "q4_k_m"
+    assert "llama.cpp" in capsys.readouterr().out
+    # Merging into a pre-quantized base on the transformers backend is refused before training, not after it
+    # (offline, the Hub id cannot be read, so its name is the evidence).
+    with pytest.raises(UserError, match="SAVE_MERGED=True on the transformers backend.*Fix"):
+        exports.check_exports(True, "", "transformers", "unsloth/Llama-3.2-3B-Instruct-bnb-4bit")
+    assert exports.check_exports(True, "", "unsloth", "unsloth/Llama-3.2-3B-Instruct-bnb-4bit").merged

@@ -20,7 +20,8 @@ def settings(tmp_path, **overrides):
                 LEARNING_RATE=5e-3,
                 LR_SCHEDULER="constant", WARMUP_STEPS=0, WEIGHT_DECAY=0.0, GRADIENT_CHECKPOINTING=False, VAL_SIZE=2,
                 EVAL_STEPS=2, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=2, SEED=0, OUTPUT_DIR=str(tmp_path), LORA_R=8,
-                LORA_ALPHA=16, LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "k_proj", "v_proj", "o_proj"])
+                LORA_ALPHA=16, LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "k_proj", "v_proj", "o_proj"],
+                LOGGING_STEPS=1, MODEL_NAME="tiny", MAX_NEW_TOKENS=32)
     return types.SimpleNamespace(**{**base, **overrides})
 
 

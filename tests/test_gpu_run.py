@@ -1,0 +1,268 @@
+"""The GPU run's decisions, checked on a CPU by pretending to be the GPU: precision on a T4 and an A100, forced
+settings, the date in Llama-3's chat template, logins, the order of push and exports, the demo's own folder and
+resume across base models."""
+import http.server
+import json
+import os
+import threading
+from datetime import datetime
+
+import pytest
+import torch
+from trl import SFTConfig  # noqa: F401  imported before any test pretends to have CUDA (its import asks torch.cuda)
+
+import medical_fine_tuning
+from medreason import exports, hardware, loading, modeling, publishing, runtime, settings, tracking, training
+from medreason.errors import UserError
+from medreason.prompts import TEMPLATE_DATE, generation_prompt, get_style
+
+T4 = hardware.Hardware("cuda", "Tesla T4", (7, 5))
+A100 = hardware.Hardware("cuda", "NVIDIA A100-SXM4-40GB", (8, 0))
+FAKE_TOKEN = "hf_FAKEtokenForGpuRunTests0123456789abcd"
+
+
+def pretend_gpu(monkeypatch, name: str, capability: tuple[int, int]):
+    """torch.cuda answers as that GPU would, including is_bf16_supported()'s True for an emulated bf16 on a T4."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # TrainingArguments selects cuda:0
+
+
+def script_settings(*overrides: str):
+    """The trainer's real constants with command-line overrides, as main() resolves them."""
+    return settings.resolve(vars(medical_fine_tuning), list(overrides))
+
+
+def test_a_t4_gets_fp16_in_the_plan_the_trainer_config_and_the_unsloth_load(monkeypatch, tmp_path):
+    pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
+    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)  # as if Unsloth imported on that GPU
+    assert hardware.detect() == T4 and not T4.native_bf16
+    cfg, overridden = script_settings()
+    plan = runtime.plan_run(cfg, overridden)
+    assert (plan.device, plan.backend, plan.precision, plan.optim) == ("cuda", "unsloth", "fp16", "adamw_8bit")
+    assert not plan.demo_settings and any("no native bf16" in reason for reason in plan.reasons)
+    config = training.build_sft_config(cfg, plan, [], tmp_path)
+    assert config.fp16 is True and config.bf16 is False
+    assert modeling.unsloth_load_kwargs(cfg, plan, cfg.MODEL_NAME)["dtype"] is torch.float16
+
+
+def test_an_a100_gets_bf16_everywhere(monkeypatch, tmp_path):
+    pretend_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
+    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)
+    cfg, overridden = script_settings()
+    plan = runtime.plan_run(cfg, overridden)
+    assert plan.precision == "bf16"
+    config = training.build_sft_config(cfg, plan, [], tmp_path)
+    assert config.bf16 is True and config.fp16 is False
+    assert modeling.unsloth_load_kwargs(cfg, plan, cfg.MODEL_NAME)["dtype"] is torch.bfloat16
+
+
+def test_forced_precision_is_checked_against_the_hardware():
+    with pytest.raises(UserError, match=r"PRECISION='bf16' on Tesla T4 \(sm75\).*compute capability 8.0.*Fix"):
+        hardware.choose_precision("bf16", T4, "unsloth")
+    assert hardware.choose_precision("fp32", T4, "transformers")[0] == "fp32"
+    assert hardware.choose_precision("fp16", A100, "unsloth")[0] == "fp16"
+    cpu = hardware.Hardware("cpu", "CPU")
+    with pytest.raises(UserError, match="fp16 mixed precision needs a CUDA GPU"):
+        hardware.choose_precision("fp16", cpu, "transformers")
+    with pytest.raises(UserError, match="Unsloth's CPU mode always computes in bf16"):
+        hardware.choose_precision("fp32", cpu, "unsloth")
+    assert hardware.choose_precision("auto", cpu, "unsloth")[0] == "bf16"
+    assert hardware.choose_precision("auto", cpu, "transformers")[0] == "fp32"
+    with pytest.raises(UserError, match="PRECISION='half': choose one of"):
+        hardware.choose_precision(script_settings("--PRECISION=half")[0].PRECISION, cpu, "transformers")
+
+
+def test_the_inference_loader_uses_the_same_precision_decision(monkeypatch, tiny_adapter):
+    # Only the hardware answer is pretended here: loading itself stays on this CPU (device="cpu").
+    monkeypatch.setattr(hardware, "detect", lambda: T4)
+    loaded = loading.load(str(tiny_adapter), backend="transformers", device="cpu")
+    assert loaded.model.dtype == torch.float16
+    monkeypatch.setattr(hardware, "detect", lambda: A100)
+    assert loading.load(str(tiny_adapter), backend="transformers", device="cpu").model.dtype == torch.bfloat16
+
+
+def llama_tokenizer(tmp_path, embedded_dir):
+    """The embedded tokenizer with Llama-3.2's own chat template (trl ships a copy), which reads today's date."""
+    import trl
+    from pathlib import Path
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(embedded_dir)
+    tok.chat_template = (Path(trl.__file__).parent / "chat_templates" / "llama3_2.jinja").read_text()
+    folder = tmp_path / "llama-template"
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_llama_templates_get_one_fixed_date_at_training_and_inference(tmp_path, embedded_dir):
+    from transformers import AutoTokenizer
+    folder = llama_tokenizer(tmp_path, embedded_dir)
+    style = get_style("think_response")
+    today = datetime.now().strftime("%d %b %Y")
+    unpinned = generation_prompt(AutoTokenizer.from_pretrained(folder), "What is gout?", style)
+    assert f"Today Date: {today}" in unpinned  # what the template does left alone: the prompt changes every day
+    trained_with = modeling.load_tokenizer(str(folder))
+    prompt = generation_prompt(trained_with, "What is gout?", style)
+    assert f"Today Date: {TEMPLATE_DATE}" in prompt and (today == TEMPLATE_DATE or today not in prompt)
+    # Saved with the adapter and loaded back for inference: the very same prompt, pinned once (not twice).
+    trained_with.save_pretrained(tmp_path / "adapter")
+    reloaded = modeling.load_tokenizer(str(tmp_path / "adapter"))
+    assert generation_prompt(reloaded, "What is gout?", style) == prompt
+    assert reloaded.chat_template == trained_with.chat_template
+
+
+def test_a_template_that_reads_the_clock_without_date_string_is_refused(tmp_path, embedded_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(embedded_dir)
+    tok.chat_template = "{{ strftime_now('%d %b %Y') }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(tmp_path / "clock")
+    with pytest.raises(UserError, match="strftime_now.*date_string"):
+        modeling.load_tokenizer(str(tmp_path / "clock"))
+
+
+def test_the_push_token_comes_from_the_environment_dotenv_or_a_saved_login(monkeypatch, tmp_path):
+    from huggingface_hub import constants, get_token
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))  # where `hf auth login` saves it
+    with pytest.raises(UserError, match="hf auth login.*HF_TOKEN.*dry-run"):
+        publishing.check_push(True, "me/model", True, "run")
+    (tmp_path / "token").write_text("hf_savedByHfAuthLogin0123456789abcdefgh")
+    assert publishing.check_push(True, "me/model", True, "run").mode == "push"  # the saved login is enough
+    (tmp_path / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
+    tracking.load_secrets(tmp_path / ".env")
+    assert get_token() == FAKE_TOKEN  # .env (via the environment) comes before the saved login
+    monkeypatch.setenv("HF_TOKEN", "hf_realEnvironmentWins0123456789abcdefgh")
+    tracking.load_secrets(tmp_path / ".env")
+    assert get_token() == "hf_realEnvironmentWins0123456789abcdefgh"
+
+
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers /api/whoami-v2 the way the Hub does, with the status and body the test sets."""
+    answer: tuple[int, dict] = (200, {})
+
+    def do_GET(self):  # noqa: N802
+        status, body = self.answer
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from huggingface_hub import constants
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    yield FakeHub
+    server.shutdown()
+
+
+def whoami(role: str, orgs=()):
+    return (200, {"name": "alice", "orgs": [{"name": o} for o in orgs],
+                  "auth": {"accessToken": {"displayName": "t", "role": role}}})
+
+
+def test_write_access_is_checked_with_whoami_before_training(fake_hub):
+    fake_hub.answer = whoami("write", orgs=["clinic"])
+    assert "may push to alice/med" in publishing.check_write_access("alice/med")
+    assert "may push to clinic/med" in publishing.check_write_access("clinic/med")
+    with pytest.raises(UserError, match=r"belongs to 'alice'.*not to 'bob'. Fix: --HF_REPO_ID=alice/med"):
+        publishing.check_write_access("bob/med")
+    fake_hub.answer = whoami("read")
+    with pytest.raises(UserError, match="read-only.*write access"):
+        publishing.check_push(True, "alice/med", True, "run")
+    fake_hub.answer = (401, {"error": "Invalid credentials in Authorization header"})
+    with pytest.raises(UserError, match="refused the token.*hf auth login"):
+        publishing.check_write_access("alice/med")
+
+
+def test_wandb_goes_online_when_the_user_is_logged_in(monkeypatch, tmp_path):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # where `wandb login` saves the key
+    assert tracking.setup_wandb("wandb", "p", str(tmp_path)) == ["wandb"]
+    assert os.environ["WANDB_MODE"] == "offline"  # not logged in: offline run files
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    assert tracking.wandb_login() == "`wandb login` (~/.netrc)"
+    tracking.setup_wandb("wandb", "p", str(tmp_path))
+    assert "WANDB_MODE" not in os.environ  # logged in: online, as the user expects
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tracking.setup_wandb("wandb", "p", str(tmp_path))
+    assert os.environ["WANDB_MODE"] == "disabled"  # the user's own choice wins
+
+
+def test_the_demo_writes_to_its_own_folder(monkeypatch):
+    monkeypatch.setattr(runtime, "_import_unsloth", lambda: "not wanted in this test")
+    cfg, overridden = script_settings()
+    plan = runtime.plan_run(cfg, overridden)  # this machine has no CUDA GPU: the demo
+    assert plan.demo_settings and cfg.OUTPUT_DIR == runtime.DEMO_PROFILE["OUTPUT_DIR"]
+    assert cfg.OUTPUT_DIR != medical_fine_tuning.OUTPUT_DIR
+    assert any("DEMO MODE" in r and cfg.OUTPUT_DIR in r for r in plan.reasons)
+    cfg, overridden = script_settings("--OUTPUT_DIR=outputs/mine")
+    runtime.plan_run(cfg, overridden)
+    assert cfg.OUTPUT_DIR == "outputs/mine"
+
+
+def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model_dir, demo_rows, tmp_path):
+    from datasets import Dataset
+    from medreason.prompts import to_conversation
+    cfg, _ = script_settings(f"--MODEL_NAME={tiny_model_dir}", f"--OUTPUT_DIR={tmp_path}", "--MAX_STEPS=1",
+                             "--SAVE_STEPS=1", "--VAL_SIZE=0", "--EVAL_STEPS=0", "--MAX_SEQ_LENGTH=256",
+                             "--BATCH_SIZE=2", "--GRAD_ACCUM=1", "--TARGET_MODULES=q_proj,v_proj")
+    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
+    model, tokenizer = modeling.load_for_training(cfg, plan, str(tiny_model_dir))
+    style = get_style("think_response")
+    trainer = training.build_trainer(model, tokenizer,
+                                     Dataset.from_list([to_conversation(r, style) for r in demo_rows[:2]]), None,
+                                     training.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"))
+    training.train(trainer, None, tmp_path, training.run_info(cfg, plan, style))
+    assert training.resume_point(tmp_path / "checkpoints", cfg).endswith("checkpoint-1")  # same run: resumes
+    other, _ = script_settings("--MODEL_NAME=embedded", "--TARGET_MODULES=q_proj,v_proj")
+    with pytest.raises(UserError, match=r"MODEL_NAME '.*tiny-llama.*' there, 'embedded' now.*Fix"):
+        training.resume_point(tmp_path / "checkpoints", other)
+
+
+def test_bad_trainer_settings_fail_before_anything_loads(tmp_path):
+    cfg, _ = script_settings("--LR_SCHEDULER=cosin")
+    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
+    with pytest.raises(UserError, match="LR_SCHEDULER='cosin'.*Did you mean 'cosine'"):
+        training.build_sft_config(cfg, plan, [], tmp_path)
+
+
+def test_an_export_that_fails_never_costs_the_push(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Push first, then exports; each failure is reported, the retry command printed, the adapter kept."""
+    from medreason.data import DEMO_DATASET
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # HF_HUB_OFFLINE=1 (conftest): the push itself fails too
+    calls = []
+    monkeypatch.setattr(publishing, "push", lambda folder, plan: calls.append("push") or (_ for _ in ()).throw(
+        ConnectionError("Hub unreachable")))
+
+    def disk_full(*args, **kwargs):
+        calls.append("merge")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(exports, "save_merged", disk_full)
+    out = tmp_path / "run"
+    result = medical_fine_tuning.main([
+        f"--MODEL_NAME={tiny_model_dir}", f"--DATASET={DEMO_DATASET}", "--BACKEND=transformers", "--MAX_STEPS=1",
+        "--VAL_SIZE=2", "--EVAL_STEPS=0", "--EVAL_SAMPLES=1", "--MAX_NEW_TOKENS=4", "--MAX_SEQ_LENGTH=256",
+        "--SAVE_STEPS=1", "--REPORT_TO=none", "--TARGET_MODULES=q_proj,v_proj", f"--OUTPUT_DIR={out}",
+        "--PUSH_TO_HUB=True", "--HF_REPO_ID=me/med", "--SAVE_MERGED=True"])
+    printed = capsys.readouterr().out
+    assert calls == ["push", "merge"]
+    assert medical_fine_tuning.exit_status(result) == 4
+    assert f"python publish.py --output-dir {out} --repo-id me/med" in printed
+    assert "[export] merged 16-bit model FAILED (OSError" in printed
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "hub_upload" / "README.md").is_file()
+    assert not (out / "adapter" / "README.md").exists()  # peft's placeholder card (a local cache path) is gone
