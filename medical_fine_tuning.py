@@ -2,12 +2,19 @@
 
     python medical_fine_tuning.py                     # CUDA GPU (a Colab T4 is enough): Llama-3.2-3B, 4-bit, Unsloth
     python medical_fine_tuning.py --MAX_STEPS=60      # any constant below can be overridden as --NAME=value
+    python medical_fine_tuning.py --PRESET=llama-3.1-8b   # a preset (configs/*.yaml) sets many; --NAME=value wins
+    python medical_fine_tuning.py --DRY_RUN=True      # check settings, data and lengths; load no model weights
     python medical_fine_tuning.py                     # no GPU, no internet: the same command runs an offline demo
     accelerate launch medical_fine_tuning.py          # more than one GPU
 
 Edit the constants below, then read main() top to bottom: data -> preflight -> model -> train -> save -> evaluate.
 """
 from pathlib import Path
+
+# --- preset ----------------------------------------------------------------------------------------------------------
+PRESET = ""  # "" = the constants below; a name in configs/ ("llama-3.1-8b", "phi-4-mini"...) or a .yaml path. Order:
+#              constants -> preset -> command line. With no GPU and nothing given, "demo" is chosen automatically.
+DRY_RUN = False  # True: resolve settings, validate the data, run the preflight, then stop before any weights load
 
 # --- model -----------------------------------------------------------------------------------------------------------
 MODEL_NAME = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"  # Hub id or local folder; "embedded" = SmolLM2-135M, offline
@@ -49,6 +56,7 @@ LOGGING_STEPS = 10  # the training loss is logged (W&B, log_history.json) and pr
 EVAL_STEPS = 50  # eval loss on the held-out rows every N updates (0 = only at the end)
 SAVE_STEPS = 50  # checkpoint every N updates; rerunning with the same OUTPUT_DIR resumes from the newest
 SAVE_TOTAL_LIMIT = 3  # checkpoints kept on disk
+EARLY_STOPPING_PATIENCE: int | None = None  # N = stop after N evaluations without a lower eval loss; keeps the best
 EVAL_SAMPLES = 20  # held-out questions answered after training, for ROUGE-L and format compliance
 EVAL_BATCH_SIZE = 8  # questions generated (and eval rows scored) together; lower it if out of memory
 MAX_NEW_TOKENS = 1024  # generation budget per answer: a chain of thought needs ~500-900 tokens to reach </response>
@@ -66,18 +74,15 @@ SAVE_MERGED = False  # also write OUTPUT_DIR/merged: base + adapter folded into 
 SAVE_GGUF = ""  # "" = none; "q4_k_m" (small, for Ollama/llama.cpp) or "q8_0": needs llama.cpp, Unsloth backend
 
 
-def print_settings(cfg, overridden, plan):
+def print_settings(cfg, origins, plan):
     print("=" * 100)
-    print("Settings (edit the constants at the top of medical_fine_tuning.py, or pass --NAME=value):")
+    print("Settings (constants at the top of medical_fine_tuning.py -> PRESET -> --NAME=value on the command line):")
     for name, value in vars(cfg).items():
-        origin = (" <- command line" if name in overridden else " <- demo profile" if name in plan.demo_settings
-                  else " <- sized for CPU" if name in plan.cpu_settings
-                  else " <- small-model recipe" if name in plan.recipe_settings else "")
-        print(f"  {name:<24}= {value!r}{origin}")
+        print(f"  {name:<24}= {value!r}" + (f" <- {origins[name]}" if name in origins else ""))
     print("Automatic choices:")
     for reason in plan.reasons:
         print(f"  - {reason}")
-    if plan.demo_settings:
+    if plan.demo:
         print("  - on a GPU, the real run is simply: python medical_fine_tuning.py "
               "(Llama-3.2-3B on FreedomIntelligence/medical-o1-reasoning-SFT)")
     print("=" * 100)
@@ -86,15 +91,14 @@ def print_settings(cfg, overridden, plan):
 def main(argv):
     from medreason import data, evaluation, exports, preflight, prompts, publishing, runtime, settings, tracking, \
         training
-    from medreason.modeling import load_for_training, load_tokenizer, resolve_model_path, save_adapter, \
-        trainable_summary
+    from medreason.modeling import load_for_training, resolve_model_path, save_adapter, trainable_summary
     from medreason.results import Clock, write_run
 
     clock = Clock()
-    cfg, overridden = settings.resolve(globals(), argv)
+    cfg, origins = settings.resolve(globals(), argv, automatic=runtime.automatic_preset)
     tracking.load_secrets()  # HF_TOKEN, WANDB_API_KEY from .env; never printed
-    plan = runtime.plan_run(cfg, overridden)  # device, backend, precision, demo: each printed with its reason
-    print_settings(cfg, overridden, plan)
+    plan = runtime.plan_run(cfg, origins)  # device, backend, precision, CPU sizing: each printed with its reason
+    print_settings(cfg, origins, plan)
     out, style = Path(cfg.OUTPUT_DIR), prompts.get_style(cfg.PROMPT_STYLE)
     model_path = resolve_model_path(cfg.MODEL_NAME)
 
@@ -108,10 +112,13 @@ def main(argv):
     prepared = data.prepare_training_data(cfg, style)
 
     # 2. Preflight: token lengths with the model's own tokenizer; a checkpoint to resume must fit this run.
-    prepared.train, prepared.info["train_lengths"] = preflight.check_lengths(
-        prepared.train, load_tokenizer(model_path), cfg.MAX_SEQ_LENGTH, "train")
+    preflight.check_training_data(prepared, model_path, cfg.MAX_SEQ_LENGTH, dry_run=cfg.DRY_RUN)
     resume = training.resume_point(out / "checkpoints", cfg)
     clock.lap("data_and_preflight")
+    if cfg.DRY_RUN:
+        print(f"[dry run] settings, data and preflight checked in {clock.timings()['total']:.0f} s; no model weights "
+              f"were loaded. The same command without --DRY_RUN=True trains.")
+        return {}, True, True
 
     # 3. Model: base weights + LoRA adapter.
     model, tokenizer = load_for_training(cfg, plan, model_path)
@@ -119,7 +126,8 @@ def main(argv):
     clock.lap("model_load")
 
     # 4. Train with trl's SFTTrainer (loss on the answer only), resuming from the newest checkpoint if any.
-    trainer = training.build_trainer(model, tokenizer, prepared.train, prepared.val, sft_config)
+    trainer = training.build_trainer(model, tokenizer, prepared.train, prepared.val, sft_config,
+                                     cfg.EARLY_STOPPING_PATIENCE)
     preflight.show_training_example(trainer.train_dataset, tokenizer)
     info = training.run_info(cfg, plan, style)  # saved with the adapter: inference asks exactly as trained
     train_result = training.train(trainer, resume, out, info)
@@ -153,7 +161,7 @@ def print_summary(out, plan, clock, adapter_dir, results_path, comparison, eval_
             print(f"  {name:<18} base {comparison['base'].metrics[name]['value']:.4f} -> tuned {metric['value']:.4f}")
     print(f"  {'eval_loss':<18} {eval_loss:.4f}" if eval_loss is not None else "  eval_loss          n/a")
     print(f"  answer statuses    {metrics['answer_statuses']}")
-    if plan.demo_settings:
+    if plan.demo:
         print(f"This was the offline DEMO (no CUDA GPU was found), written to {out}. On a GPU the same command trains "
               f"Llama-3.2-3B on the real dataset.")
 

@@ -16,6 +16,7 @@ from .errors import UserError
 FIELDS = ("Question", "Complex_CoT", "Response")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 DEMO_DATASET = Path(__file__).parent / "demo_data" / "medical_demo.jsonl"
+DEMO = "demo"  # DATASET="demo" names the shipped illustrative rows, wherever the script runs from
 
 
 class DataError(UserError):
@@ -23,8 +24,8 @@ class DataError(UserError):
 
 
 def load_records(source: str, config: str | None = None) -> list[dict]:
-    """Raw records from a local .json/.jsonl/.parquet/.csv file or a Hugging Face Hub dataset id."""
-    path = Path(source).expanduser()
+    """Raw records from a local .json/.jsonl/.parquet/.csv file, a Hugging Face Hub dataset id, or "demo"."""
+    path = DEMO_DATASET if source == DEMO else Path(source).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
             raise DataError(f"DATASET={source!r}: no such file. Fix: check the path, or pass a Hub dataset id "

@@ -46,6 +46,12 @@ def load_for_training(cfg, plan, model_path: str):
     return _load_transformers(cfg, plan, model_path)
 
 
+def lora_targets(target_modules: list[str]) -> list[str] | str:
+    """peft's (and Unsloth's) spelling: TARGET_MODULES=all-linear wraps every linear layer but the output layer, for
+    an architecture whose module names you do not know."""
+    return "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+
+
 def unsloth_load_kwargs(cfg, plan, model_path: str) -> dict:
     """What FastLanguageModel.from_pretrained is given: the dtype is the run's one precision decision."""
     return dict(model_name=model_path, max_seq_length=cfg.MAX_SEQ_LENGTH, dtype=torch_dtype(plan.precision),
@@ -55,12 +61,13 @@ def unsloth_load_kwargs(cfg, plan, model_path: str) -> dict:
 def _load_unsloth(cfg, plan, model_path):
     from unsloth import FastLanguageModel
     model, tokenizer = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(cfg, plan, model_path))
+    check_target_modules(model, cfg.TARGET_MODULES)
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.LORA_R,
         lora_alpha=cfg.LORA_ALPHA,
         lora_dropout=cfg.LORA_DROPOUT,
-        target_modules=list(cfg.TARGET_MODULES),
+        target_modules=lora_targets(cfg.TARGET_MODULES),
         bias="none",
         use_gradient_checkpointing="unsloth" if cfg.GRADIENT_CHECKPOINTING else False,
         random_state=cfg.SEED,
@@ -85,8 +92,25 @@ def _load_transformers(cfg, plan, model_path):
     elif plan.device != "cpu":
         model = model.to(plan.device)
     lora = LoraConfig(r=cfg.LORA_R, lora_alpha=cfg.LORA_ALPHA, lora_dropout=cfg.LORA_DROPOUT,
-                      target_modules=list(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
+                      target_modules=lora_targets(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
+    check_target_modules(model, cfg.TARGET_MODULES)
     return get_peft_model(model, lora), load_tokenizer(model_path)
+
+
+def check_target_modules(model, target_modules) -> None:
+    """Every name in TARGET_MODULES must be a layer of this model: peft itself only complains when none is (Llama's
+    q/k/v/o on Phi-4 would wrap o_proj alone, silently)."""
+    import torch
+    if list(target_modules) == ["all-linear"]:
+        return
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    missing = [t for t in target_modules if t not in names]
+    if missing:
+        linear = sorted({name.split(".")[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear) and "lm_head" not in name})
+        raise UserError(f"TARGET_MODULES {missing} are not in this model ({type(model).__name__}); its linear layers "
+                        f"are {', '.join(linear)}. Fix: --TARGET_MODULES={','.join(linear)}, or "
+                        f"--TARGET_MODULES=all-linear for every linear layer.")
 
 
 def trainable_summary(model) -> str:

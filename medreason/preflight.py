@@ -42,6 +42,20 @@ def check_lengths(dataset, tokenizer, max_len: int, name: str):
     return (dataset.select(keep) if len(keep) < len(totals) else dataset), stats
 
 
+def check_training_data(prepared, model_path: str, max_len: int, dry_run: bool = False) -> None:
+    """Token lengths of the training rows with the model's own tokenizer (rows with no room for an answer dropped).
+    A dry run whose tokenizer cannot be loaded (offline, say) says so and skips the statistics instead of failing."""
+    from .modeling import load_tokenizer
+    try:
+        tokenizer = load_tokenizer(model_path)
+    except UserError as e:
+        if not dry_run:
+            raise
+        print(f"[preflight] dry run: token statistics skipped, the tokenizer could not be loaded ({e})")
+        return
+    prepared.train, prepared.info["train_lengths"] = check_lengths(prepared.train, tokenizer, max_len, "train")
+
+
 def render_loss_mask(input_ids: list[int], labels: list[int], tokenizer) -> str:
     """The example as text, each run of tokens marked as masked (not in the loss) or trained."""
     runs, start = [], 0

@@ -1,12 +1,23 @@
-"""`--NAME=value` overrides for the upper-case constants at the top of a script (nanoGPT's configurator, typed)."""
+"""The one place settings are layered: the constants at the top of a script, then a preset file, then the
+command line (nanoGPT's configurator, typed; presets are axolotl/LLaMA-Factory-style YAML files of constants).
+
+    python medical_fine_tuning.py --PRESET=llama-3.1-8b --MAX_STEPS=60   # configs/llama-3.1-8b.yaml, then the flag
+    python medical_fine_tuning.py --PRESET=path/to/mine.yaml
+
+Every value's origin is kept ("preset demo", "command line", ...) so the printed settings say where each came from.
+"""
 from __future__ import annotations
 
 import ast
 import difflib
 import types
 import typing
+from pathlib import Path
 
 from .errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+COMMAND_LINE = "command line"
 
 
 class SettingsError(UserError):
@@ -43,19 +54,25 @@ def _parse_value(raw: str):
         return raw
 
 
-def _coerce(name: str, raw: str, default, annotation):
-    allowed = _allowed_types(default, annotation)
+def _coerce(name: str, raw: str, default, annotation, shown: str | None = None):
+    """A text value (command line, or a YAML string) as the setting's type; `shown` names where it came from."""
     value = _parse_value(raw)
+    allowed = _allowed_types(default, annotation)
     if list in allowed and isinstance(value, str):  # --TARGET_MODULES=q_proj,v_proj
         value = [part.strip() for part in value.split(",") if part.strip()]
-    if float in allowed and type(value) is int:
-        value = float(value)
     if type(value) not in allowed and str in allowed:  # text stays text: --OUTPUT_DIR=2024 is "2024"
         value = raw
-    if type(value) not in allowed:
+    return _checked(name, value, default, annotation, shown or f"--{name}={raw}", f"--{name}={default!r}")
+
+
+def _checked(name: str, value, default, annotation, shown: str, example: str):
+    allowed = _allowed_types(default, annotation)
+    if float in allowed and type(value) is int:
+        value = float(value)
+    if type(value) not in allowed or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
         names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-        raise SettingsError(f"--{name}={raw}: expected {names} (the default is {default!r}). "
-                            f"Fix: pass a value of that type, e.g. --{name}={default!r}.")
+        raise SettingsError(f"{shown}: expected {names} (the default is {default!r}). "
+                            f"Fix: give a value of that type, e.g. {example}.")
     return value
 
 
@@ -76,8 +93,100 @@ def parse_overrides(argv: list[str], defaults: dict, annotations: dict | None = 
     return overrides
 
 
-def resolve(namespace: dict, argv: list[str]) -> tuple[types.SimpleNamespace, set[str]]:
-    """The script's settings with command-line overrides applied, and the names the user overrode."""
+def resolve(namespace: dict, argv: list[str], automatic=None) -> tuple[types.SimpleNamespace, dict[str, str]]:
+    """The script's settings, layered constants -> preset -> command line, and each non-default value's origin.
+
+    The preset is PRESET (a constant, or --PRESET=...); when neither names one, `automatic(values, given)` may
+    choose one (e.g. the offline demo on a machine with no GPU) and returns (name, why) or None."""
     defaults = collect(namespace)
-    overrides = parse_overrides(argv, defaults, namespace.get("__annotations__", {}))
-    return types.SimpleNamespace(**{**defaults, **overrides}), set(overrides)
+    annotations = namespace.get("__annotations__", {})
+    overrides = parse_overrides(argv, defaults, annotations)
+    origins: dict[str, str] = {}
+    preset = overrides.get("PRESET", defaults.get("PRESET"))
+    if preset:
+        origins["PRESET"] = COMMAND_LINE if "PRESET" in overrides else "the constant"
+    elif automatic:
+        chosen = automatic({**defaults, **overrides}, set(overrides))
+        if chosen:
+            preset, why = chosen
+            origins["PRESET"] = f"automatic: {why}"
+    values = {**defaults, "PRESET": preset} if "PRESET" in defaults else dict(defaults)
+    for name, (value, origin) in (load_preset(preset, defaults, annotations) if preset else {}).items():
+        values[name], origins[name] = value, origin
+    values.update(overrides)
+    origins.update({name: COMMAND_LINE for name in overrides})
+    return types.SimpleNamespace(**values), origins
+
+
+def given_on_command_line(origins: dict[str, str]) -> set[str]:
+    return {name for name, origin in origins.items() if origin == COMMAND_LINE}
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(preset: str) -> Path:
+    """configs/<name>.yaml for a name; a path as given for anything that looks like a file."""
+    if preset.endswith((".yaml", ".yml")) or "/" in preset or "\\" in preset:
+        path = Path(preset).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"PRESET={preset!r}: no such file. Fix: check the path, or use one of the presets: "
+                                f"{', '.join(available_presets())}.")
+        return path
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(preset, available_presets(), n=2, cutoff=0.4)
+        raise SettingsError(f"PRESET={preset!r} is not a preset." + (f" Did you mean {' or '.join(close)}?" if close
+                            else "") + f" Fix: one of {', '.join(available_presets())}, or a path to a .yaml file.")
+    return path
+
+
+def load_preset(preset: str, defaults: dict, annotations: dict, _seen: tuple = ()) -> dict[str, tuple]:
+    """{NAME: (value, origin)} of a preset file, checked exactly like --NAME=value. A PRESET key inside a preset
+    starts from that preset (the demo preset starts from smollm2's recipe)."""
+    import yaml
+    path = preset_path(preset)
+    label = preset if path.parent == PRESET_DIR and path.stem == preset else str(path)
+    if label in _seen:
+        raise SettingsError(f"{path}: presets include each other in a loop ({' -> '.join(_seen + (label,))}). "
+                            f"Fix: remove one of the PRESET keys.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data, lines = yaml.safe_load(text), _key_lines(yaml.compose(text), path)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", -1) + 1
+        raise SettingsError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e}). Fix: one "
+                            f"`NAME: value` per line, as in configs/demo.yaml.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: a preset is a mapping of settings (`NAME: value` lines), not "
+                            f"{type(data).__name__}. Fix: see configs/demo.yaml.")
+    values = {}
+    for name, value in data.items():
+        where = f"{path}:{lines.get(name, '?')}"
+        if name == "PRESET":
+            values.update(load_preset(str(value), defaults, annotations, _seen + (label,)))
+        elif name not in defaults:
+            close = difflib.get_close_matches(str(name).upper(), list(defaults), n=3, cutoff=0.5)
+            raise SettingsError(f"{where}: unknown setting {name!r}." + (f" Did you mean {', '.join(close)}?" if close
+                                else "") + " Fix: a preset's keys are the constants at the top of the script.")
+        else:
+            checked = (_coerce(name, value, defaults[name], annotations.get(name), f"{where}: {name}: {value}")
+                       if isinstance(value, str) else
+                       _checked(name, value, defaults[name], annotations.get(name), f"{where}: {name}: {value!r}",
+                                f"{name}: {defaults[name]!r}"))
+            values[name] = (checked, f"preset {label}")
+    return values
+
+
+def _key_lines(node, path: Path) -> dict:
+    """Line numbers of a mapping's keys; a repeated key is refused (YAML would silently keep the last one)."""
+    lines = {}
+    for key, _ in getattr(node, "value", []) if node is not None and node.id == "mapping" else []:
+        if key.value in lines:
+            raise SettingsError(f"{path}:{key.start_mark.line + 1}: {key.value} is set twice (first "
+                                f"on line {lines[key.value]}). Fix: keep one.")
+        lines[key.value] = key.start_mark.line + 1
+    return lines

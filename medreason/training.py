@@ -30,6 +30,7 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
         raise UserError(f"LR_SCHEDULER={cfg.LR_SCHEDULER!r} is not a schedule transformers knows"
                         + (f". Did you mean {close[0]!r}?" if close else "")
                         + f" Fix: one of {', '.join(schedulers)}.")
+    _check_early_stopping(cfg)
     try:
         return _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir)
     except ValueError as e:  # transformers checks combinations (steps, strategies...) in __post_init__
@@ -37,9 +38,31 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
                         f"names (settings are the constants at the top of the script).") from None
 
 
+def _check_early_stopping(cfg) -> None:
+    from .errors import UserError
+    patience = cfg.EARLY_STOPPING_PATIENCE
+    if patience is None:
+        return
+    if patience < 1:
+        raise UserError(f"EARLY_STOPPING_PATIENCE={patience}: give at least 1 evaluation, or None for no early stop.")
+    if cfg.VAL_SIZE < 1 or cfg.EVAL_STEPS < 1:
+        raise UserError(f"EARLY_STOPPING_PATIENCE={patience} watches the eval loss, but VAL_SIZE={cfg.VAL_SIZE} / "
+                        f"EVAL_STEPS={cfg.EVAL_STEPS} means it is never measured. Fix: --VAL_SIZE=100 --EVAL_STEPS=25, "
+                        f"or --EARLY_STOPPING_PATIENCE=None.")
+    if cfg.SAVE_STEPS % cfg.EVAL_STEPS:
+        raise UserError(f"EARLY_STOPPING_PATIENCE keeps the best checkpoint, so every evaluation needs one: SAVE_STEPS="
+                        f"{cfg.SAVE_STEPS} is not a multiple of EVAL_STEPS={cfg.EVAL_STEPS}. Fix: "
+                        f"--SAVE_STEPS={cfg.EVAL_STEPS}.")
+
+
 def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
     evaluate = cfg.VAL_SIZE > 0 and cfg.EVAL_STEPS > 0
+    early_stopping = cfg.EARLY_STOPPING_PATIENCE is not None
     return SFTConfig(
+        # Early stopping: the best eval loss's checkpoint is reloaded at the end, so the adapter saved is the best.
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss" if early_stopping else None,
+        greater_is_better=False if early_stopping else None,
         output_dir=str(checkpoint_dir),
         max_length=cfg.MAX_SEQ_LENGTH,  # longer examples are truncated (the preflight counts them)
         completion_only_loss=True,  # loss on the assistant answer (+ end-of-turn token) only
@@ -73,10 +96,25 @@ def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
     )
 
 
-def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config):
+def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config, early_stopping_patience=None):
+    from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
+    callbacks = [EarlyStoppingCallback(early_stopping_patience)] if early_stopping_patience else None
     return SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer)
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+def report_early_stop(trainer) -> str | None:
+    """A sentence saying when and why training stopped early, and which checkpoint the model now is (else None)."""
+    state = trainer.state
+    if not trainer.args.load_best_model_at_end or state.global_step >= state.max_steps:
+        return None
+    patience = next(c.early_stopping_patience for c in trainer.callback_handler.callbacks
+                    if hasattr(c, "early_stopping_patience"))
+    best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else "?"
+    return (f"[train] stopped early at step {state.global_step} of {state.max_steps}: the eval loss did not improve "
+            f"for {patience} evaluations in a row (best {state.best_metric:.4f}, {best}); the model is now that best "
+            f"checkpoint, and it is what gets saved and evaluated")
 
 
 def final_eval_loss(trainer) -> float:
@@ -113,8 +151,8 @@ def _lora_differences(checkpoint: Path, cfg) -> list[str]:
         return []
     saved = json.loads(config.read_text())
     return [f"{name} {saved.get(key)!r} there, {value!r} now" for name, key, value, same in (
-        ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,  # peft may save a regex string: not compared
-         not isinstance(saved.get("target_modules"), list)
+        ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,  # a regex string or all-linear: not compared
+         not isinstance(saved.get("target_modules"), list) or cfg.TARGET_MODULES == ["all-linear"]
          or sorted(saved["target_modules"]) == sorted(cfg.TARGET_MODULES)),
         ("LORA_R", "r", cfg.LORA_R, saved.get("r") == cfg.LORA_R),
         ("LORA_ALPHA", "lora_alpha", cfg.LORA_ALPHA, saved.get("lora_alpha") == cfg.LORA_ALPHA)) if not same]
@@ -136,7 +174,10 @@ def train(trainer, resume: str | None, out: Path, info: dict):
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (checkpoint_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")  # read by check_resumable
     try:
-        return trainer.train(resume_from_checkpoint=resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+        if stopped := report_early_stop(trainer):
+            print(stopped)
+        return result
     except KeyboardInterrupt:
         saved = save_adapter(trainer.model, trainer.processing_class, out / "adapter-interrupted", info)
         raise SystemExit(f"\n[train] interrupted at step {trainer.state.global_step}: adapter so far saved to "

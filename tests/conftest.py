@@ -109,13 +109,16 @@ def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
     from medreason.modeling import load_for_training, save_adapter
     from medreason.prompts import get_style, to_conversation
     from medreason.runtime import Plan
+    import medical_fine_tuning
+    from medreason.settings import collect
     out = tmp_path_factory.mktemp("tiny-run")
-    cfg = types.SimpleNamespace(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, GROUP_BY_LENGTH=True,
-                                MAX_STEPS=2, LEARNING_RATE=5e-3, LR_SCHEDULER="constant", WARMUP_STEPS=0,
-                                WEIGHT_DECAY=0.0, GRADIENT_CHECKPOINTING=False, VAL_SIZE=0, EVAL_STEPS=0, SAVE_STEPS=10,
-                                SAVE_TOTAL_LIMIT=1, SEED=0, OUTPUT_DIR=str(out), LORA_R=8, LORA_ALPHA=16,
-                                LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "v_proj"], LOGGING_STEPS=1)
-    plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
+    cfg = types.SimpleNamespace(**{  # the script's constants, then the test's sizes
+        **collect(vars(medical_fine_tuning)), "MAX_SEQ_LENGTH": 256, "BATCH_SIZE": 2, "EVAL_BATCH_SIZE": 2,
+        "GRAD_ACCUM": 1, "MAX_STEPS": 2, "LEARNING_RATE": 5e-3, "LR_SCHEDULER": "constant", "WARMUP_STEPS": 0,
+        "WEIGHT_DECAY": 0.0, "GRADIENT_CHECKPOINTING": False, "VAL_SIZE": 0, "EVAL_STEPS": 0, "SAVE_STEPS": 10,
+        "SAVE_TOTAL_LIMIT": 1, "SEED": 0, "OUTPUT_DIR": str(out), "LORA_R": 8, "LORA_ALPHA": 16, "LORA_DROPOUT": 0.0,
+        "TARGET_MODULES": ["q_proj", "v_proj"], "LOGGING_STEPS": 1})
+    plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     style = get_style("think_response")
     model, tok = load_for_training(cfg, plan, str(tiny_model_dir))
     data = Dataset.from_list([to_conversation(r, style) for r in demo_rows[:4]])

@@ -33,17 +33,17 @@ def pretend_gpu(monkeypatch, name: str, capability: tuple[int, int]):
 
 def script_settings(*overrides: str):
     """The trainer's real constants with command-line overrides, as main() resolves them."""
-    return settings.resolve(vars(medical_fine_tuning), list(overrides))
+    return settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=runtime.automatic_preset)
 
 
 def test_a_t4_gets_fp16_in_the_plan_the_trainer_config_and_the_unsloth_load(monkeypatch, tmp_path):
     pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
     monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)  # as if Unsloth imported on that GPU
     assert hardware.detect() == T4 and not T4.native_bf16
-    cfg, overridden = script_settings()
-    plan = runtime.plan_run(cfg, overridden)
+    cfg, origins = script_settings()
+    plan = runtime.plan_run(cfg, origins)
     assert (plan.device, plan.backend, plan.precision, plan.optim) == ("cuda", "unsloth", "fp16", "adamw_8bit")
-    assert not plan.demo_settings and any("no native bf16" in reason for reason in plan.reasons)
+    assert not plan.demo and cfg.PRESET == "" and any("no native bf16" in reason for reason in plan.reasons)
     config = training.build_sft_config(cfg, plan, [], tmp_path)
     assert config.fp16 is True and config.bf16 is False
     assert modeling.unsloth_load_kwargs(cfg, plan, cfg.MODEL_NAME)["dtype"] is torch.float16
@@ -52,8 +52,8 @@ def test_a_t4_gets_fp16_in_the_plan_the_trainer_config_and_the_unsloth_load(monk
 def test_an_a100_gets_bf16_everywhere(monkeypatch, tmp_path):
     pretend_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
     monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)
-    cfg, overridden = script_settings()
-    plan = runtime.plan_run(cfg, overridden)
+    cfg, origins = script_settings()
+    plan = runtime.plan_run(cfg, origins)
     assert plan.precision == "bf16"
     config = training.build_sft_config(cfg, plan, [], tmp_path)
     assert config.bf16 is True and config.fp16 is False
@@ -205,14 +205,13 @@ def test_wandb_goes_online_when_the_user_is_logged_in(monkeypatch, tmp_path):
 
 def test_the_demo_writes_to_its_own_folder(monkeypatch):
     monkeypatch.setattr(runtime, "_import_unsloth", lambda: "not wanted in this test")
-    cfg, overridden = script_settings()
-    plan = runtime.plan_run(cfg, overridden)  # this machine has no CUDA GPU: the demo
-    assert plan.demo_settings and cfg.OUTPUT_DIR == runtime.DEMO_PROFILE["OUTPUT_DIR"]
-    assert cfg.OUTPUT_DIR != medical_fine_tuning.OUTPUT_DIR
+    cfg, origins = script_settings()
+    plan = runtime.plan_run(cfg, origins)  # this machine has no CUDA GPU: the demo preset, chosen automatically
+    assert plan.demo and cfg.PRESET == "demo" and cfg.OUTPUT_DIR == "outputs/demo-smollm2-135m"
+    assert cfg.OUTPUT_DIR != medical_fine_tuning.OUTPUT_DIR and origins["OUTPUT_DIR"] == "preset demo"
     assert any("DEMO MODE" in r and cfg.OUTPUT_DIR in r for r in plan.reasons)
-    cfg, overridden = script_settings("--OUTPUT_DIR=outputs/mine")
-    runtime.plan_run(cfg, overridden)
-    assert cfg.OUTPUT_DIR == "outputs/mine"
+    cfg, origins = script_settings("--OUTPUT_DIR=outputs/mine")
+    assert cfg.OUTPUT_DIR == "outputs/mine" and origins["OUTPUT_DIR"] == "command line"
 
 
 def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model_dir, demo_rows, tmp_path):
@@ -221,7 +220,7 @@ def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model
     cfg, _ = script_settings(f"--MODEL_NAME={tiny_model_dir}", f"--OUTPUT_DIR={tmp_path}", "--MAX_STEPS=1",
                              "--SAVE_STEPS=1", "--VAL_SIZE=0", "--EVAL_STEPS=0", "--MAX_SEQ_LENGTH=256",
                              "--BATCH_SIZE=2", "--GRAD_ACCUM=1", "--TARGET_MODULES=q_proj,v_proj")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
+    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     model, tokenizer = modeling.load_for_training(cfg, plan, str(tiny_model_dir))
     style = get_style("think_response")
     trainer = training.build_trainer(model, tokenizer,
@@ -236,7 +235,7 @@ def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model
 
 def test_bad_trainer_settings_fail_before_anything_loads(tmp_path):
     cfg, _ = script_settings("--LR_SCHEDULER=cosin")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch", [])
+    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     with pytest.raises(UserError, match="LR_SCHEDULER='cosin'.*Did you mean 'cosine'"):
         training.build_sft_config(cfg, plan, [], tmp_path)
 

@@ -44,7 +44,7 @@ def run_dir(tmp_path, tiny_adapter):
     settings = {"MODEL_NAME": "unsloth/Llama-3.2-3B-Instruct-bnb-4bit",
                 "DATASET": "FreedomIntelligence/medical-o1-reasoning-SFT", "LORA_R": 16, "MAX_STEPS": 200,
                 "LEARNING_RATE": 2e-4, "MAX_NEW_TOKENS": 1024}
-    plan = Plan("unsloth", "cuda", "fp16", True, "adamw_8bit", [])
+    plan = Plan("unsloth", "cuda", "fp16", True, "adamw_8bit")
     write_results(tmp_path / "results.json", {"rouge_l": 0.34, "format_compliance": 0.95, "eval_samples": 20},
                   settings, plan, {"train": 60.0}, {"evaluation": evaluation,
                                                      "data": {"train_rows": 1000, "val_rows": 100, "dropped": {}}})

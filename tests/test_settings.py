@@ -51,39 +51,28 @@ def test_malformed_argument_shows_the_form():
 
 def test_resolve_reads_the_scripts_constants_and_reports_overrides():
     import medical_fine_tuning as script
-    cfg, overridden = resolve(vars(script), ["--MAX_STEPS=7", "--TRAIN_SAMPLES=12"])
-    assert cfg.MAX_STEPS == 7 and cfg.TRAIN_SAMPLES == 12 and overridden == {"MAX_STEPS", "TRAIN_SAMPLES"}
+    cfg, origins = resolve(vars(script), ["--MAX_STEPS=7", "--TRAIN_SAMPLES=12"])
+    assert cfg.MAX_STEPS == 7 and cfg.TRAIN_SAMPLES == 12
+    assert origins == {"MAX_STEPS": "command line", "TRAIN_SAMPLES": "command line"}
     assert cfg.LEARNING_RATE == script.LEARNING_RATE == 2e-4
     assert not hasattr(cfg, "main") and not hasattr(cfg, "Path")  # functions and imports are not settings
     for name in ("MODEL_NAME", "LOAD_IN_4BIT", "MAX_SEQ_LENGTH", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT",
                  "TARGET_MODULES", "DATASET", "DATASET_CONFIG", "VAL_SIZE", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS",
                  "EVAL_STEPS", "SEED", "OUTPUT_DIR", "EVAL_SAMPLES", "MAX_NEW_TOKENS", "BACKEND", "WANDB_PROJECT",
-                 "REPORT_TO", "TRAIN_SAMPLES", "PROMPT_STYLE", "SAVE_STEPS"):
+                 "REPORT_TO", "TRAIN_SAMPLES", "PROMPT_STYLE", "SAVE_STEPS", "PRESET", "DRY_RUN"):
         assert hasattr(cfg, name), name
 
 
-def test_cpu_sizing_caps_evaluation_and_drops_checkpointing_unless_given():
+def test_cpu_sizing_changes_only_what_no_preset_or_flag_set():
     import types
     from medreason.runtime import size_for_cpu
     fresh = lambda: types.SimpleNamespace(EVAL_SAMPLES=20, GRADIENT_CHECKPOINTING=True)  # noqa: E731
-    cfg = fresh()
-    assert set(size_for_cpu(cfg, set(), "cpu")) == {"EVAL_SAMPLES", "GRADIENT_CHECKPOINTING"}
+    cfg, origins = fresh(), {}
+    assert set(size_for_cpu(cfg, origins, "cpu")) == {"EVAL_SAMPLES", "GRADIENT_CHECKPOINTING"}
     assert cfg.EVAL_SAMPLES == 4 and cfg.GRADIENT_CHECKPOINTING is False
+    assert origins == {"EVAL_SAMPLES": "sized for CPU", "GRADIENT_CHECKPOINTING": "sized for CPU"}
     cfg = fresh()
-    assert size_for_cpu(cfg, {"EVAL_SAMPLES", "GRADIENT_CHECKPOINTING"}, "cpu") == {}
+    assert size_for_cpu(cfg, {"EVAL_SAMPLES": "command line", "GRADIENT_CHECKPOINTING": "preset x"}, "cpu") == {}
     assert cfg.EVAL_SAMPLES == 20 and cfg.GRADIENT_CHECKPOINTING is True
     cfg = fresh()
-    assert size_for_cpu(cfg, set(), "cuda") == {} and cfg.EVAL_SAMPLES == 20 and cfg.GRADIENT_CHECKPOINTING
-
-
-def test_small_model_recipe_applies_to_the_embedded_model_only_and_overrides_win():
-    import types
-    from medreason.runtime import SMALL_MODEL_RECIPE, apply_small_model_recipe
-    defaults = dict(MODEL_NAME="embedded", LEARNING_RATE=2e-4, MAX_THINK_WORDS=None, MAX_STEPS=200,
-                    TARGET_MODULES=["q_proj", "v_proj"])
-    cfg = types.SimpleNamespace(**defaults)
-    changed = apply_small_model_recipe(cfg, {"MAX_STEPS"})
-    assert set(changed) == {"LEARNING_RATE", "MAX_THINK_WORDS", "TARGET_MODULES"} and cfg.MAX_STEPS == 200
-    assert cfg.LEARNING_RATE == SMALL_MODEL_RECIPE["LEARNING_RATE"] and cfg.MAX_THINK_WORDS is not None
-    cfg = types.SimpleNamespace(**{**defaults, "MODEL_NAME": "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"})
-    assert apply_small_model_recipe(cfg, set()) == [] and cfg.LEARNING_RATE == 2e-4
+    assert size_for_cpu(cfg, {}, "cuda") == {} and cfg.EVAL_SAMPLES == 20 and cfg.GRADIENT_CHECKPOINTING

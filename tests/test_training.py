@@ -15,6 +15,12 @@ STYLE = get_style("think_response")
 END_OF_TURN = "<|im_end|>"
 
 
+def script_constants() -> dict:
+    import medical_fine_tuning
+    from medreason.settings import collect
+    return collect(vars(medical_fine_tuning))
+
+
 def settings(tmp_path, **overrides):
     base = dict(MAX_SEQ_LENGTH=256, BATCH_SIZE=2, EVAL_BATCH_SIZE=2, GRAD_ACCUM=1, GROUP_BY_LENGTH=True, MAX_STEPS=4,
                 LEARNING_RATE=5e-3,
@@ -22,11 +28,10 @@ def settings(tmp_path, **overrides):
                 EVAL_STEPS=2, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=2, SEED=0, OUTPUT_DIR=str(tmp_path), LORA_R=8,
                 LORA_ALPHA=16, LORA_DROPOUT=0.0, TARGET_MODULES=["q_proj", "k_proj", "v_proj", "o_proj"],
                 LOGGING_STEPS=1, MODEL_NAME="tiny", MAX_NEW_TOKENS=32)
-    return types.SimpleNamespace(**{**base, **overrides})
+    return types.SimpleNamespace(**{**script_constants(), **base, **overrides})
 
 
-CPU_PLAN = Plan(backend="transformers", device="cpu", precision="fp32", load_in_4bit=False, optim="adamw_torch",
-                demo_settings=[])
+CPU_PLAN = Plan(backend="transformers", device="cpu", precision="fp32", load_in_4bit=False, optim="adamw_torch")
 
 
 def make_trainer(tiny_model_dir, rows, cfg):
