@@ -94,9 +94,18 @@ def trainable_summary(model) -> str:
 
 
 def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Path:
-    """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference)."""
+    """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference).
+
+    Written beside `folder` and renamed into place (storage.save_folder): a full disk or a kill mid-save leaves the
+    previous adapter intact, and a full disk is a one-line error naming the folder and the space it needs."""
+    from . import storage
+    folder = Path(folder)
+    needed = max(storage.folder_bytes(folder), storage.trainable_bytes(model) + storage.TOKENIZER_BYTES)
+    return storage.save_folder(folder, lambda staging: _write_adapter(model, tokenizer, staging, info), needed)
+
+
+def _write_adapter(model, tokenizer, folder: Path, info: dict | None) -> None:
     import json
-    folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
     tokenizer.save_pretrained(folder)
     if info and info.get("model_name") == EMBEDDED:  # a portable id rather than this machine's cache path
@@ -106,4 +115,3 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Pa
         config_path.write_text(json.dumps(config, indent=2) + "\n")
     if info:
         (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return folder

@@ -39,8 +39,13 @@ def _parse_value(raw: str):
         return None
     try:
         return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # TypeError: {[]: 1}
         return raw
+
+
+def _shown(raw: str) -> str:
+    """The value as typed, or quoted and cut short when it would not fit on one line of an error message."""
+    return raw if len(raw) <= 80 and raw.isprintable() else repr(raw[:80]) + ("…" if len(raw) > 80 else "")
 
 
 def _coerce(name: str, raw: str, default, annotation):
@@ -54,7 +59,7 @@ def _coerce(name: str, raw: str, default, annotation):
         value = raw
     if type(value) not in allowed:
         names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-        raise SettingsError(f"--{name}={raw}: expected {names} (the default is {default!r}). "
+        raise SettingsError(f"--{name}={_shown(raw)}: expected {names} (the default is {default!r}). "
                             f"Fix: pass a value of that type, e.g. --{name}={default!r}.")
     return value
 
@@ -65,13 +70,14 @@ def parse_overrides(argv: list[str], defaults: dict, annotations: dict | None = 
     overrides = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise SettingsError(f"{arg!r}: settings are given as --NAME=value, e.g. --MAX_STEPS=50.")
+            raise SettingsError(f"{arg[:80]!r}{'…' if len(arg) > 80 else ''}: settings are given as --NAME=value, "
+                                f"e.g. --MAX_STEPS=50.")
         name, raw = arg[2:].split("=", 1)
         if name not in defaults:
             close = difflib.get_close_matches(name.upper(), list(defaults), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
-            raise SettingsError(f"Unknown setting --{name}.{hint} The settings are the upper-case constants at "
-                                f"the top of the script: {', '.join(defaults)}.")
+            raise SettingsError(f"Unknown setting --{_shown(name)}.{hint} The settings are the upper-case "
+                                f"constants at the top of the script: {', '.join(defaults)}.")
         overrides[name] = _coerce(name, raw, defaults[name], annotations.get(name))
     return overrides
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import zipfile
 from pathlib import Path
 
 
@@ -44,8 +47,39 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
 
 def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config):
     from trl import SFTTrainer
-    return SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer)
+    guard_checkpoint_saves(trainer)
+    return trainer
+
+
+def guard_checkpoint_saves(trainer) -> None:
+    """A disk that fills up while the Trainer writes checkpoint-N: that half-written folder is deleted (the earlier
+    checkpoints stay as they were) and the run stops with a one-line error naming the folder and the space needed,
+    instead of torch.save's "unexpected pos" traceback. The instance's method is wrapped, not the class subclassed,
+    because Unsloth may have rewritten SFTTrainer's class."""
+    from . import storage
+    save = trainer._save_checkpoint
+
+    def guarded_save(model, trial, *args, **kwargs):
+        try:
+            return save(model, trial, *args, **kwargs)
+        except Exception as error:
+            run_dir = Path(trainer.args.output_dir)
+            folder = run_dir / f"checkpoint-{trainer.state.global_step}"
+            previous = last_checkpoint(run_dir, quiet=True, below=trainer.state.global_step)
+            needed = (storage.folder_bytes(Path(previous)) if previous else
+                      storage.trainable_bytes(model) * 3 + storage.TOKENIZER_BYTES)  # weights + Adam's 2 moments
+            free = storage.free_bytes(run_dir)
+            if not storage.is_disk_full(error, free, needed):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            kept = (f"{folder.name} was removed; the previous checkpoints are intact, and the same command resumes "
+                    f"from {Path(previous).name}." if previous else f"{folder.name} was removed.")
+            raise storage.disk_full_error(folder, needed, free, kept + " Lowering SAVE_TOTAL_LIMIT keeps fewer "
+                                          "checkpoints on disk.") from None
+
+    trainer._save_checkpoint = guarded_save
 
 
 def final_eval_loss(trainer) -> float:
@@ -76,7 +110,74 @@ def check_resumable(checkpoint: str | None, cfg) -> None:
                         f"to start over, or pass the settings it was trained with.")
 
 
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint-N folder to resume from, if an earlier run left one."""
-    from transformers.trainer_utils import get_last_checkpoint
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+def last_checkpoint(checkpoint_dir: Path, quiet: bool = False, below: int | None = None) -> str | None:
+    """The newest complete checkpoint-N folder to resume from, if an earlier run left one.
+
+    A newer folder whose save was cut off (a kill, a crash, a full disk) is named and skipped: resuming from it would
+    fail, or worse, silently restart at step 0 (the Trainer does that when trainer_state.json is missing)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = {int(m.group(1)): p for p in checkpoint_dir.iterdir() if (m := pattern.match(p.name)) and p.is_dir()}
+    for step in sorted((s for s in steps if below is None or s < below), reverse=True):
+        problem = checkpoint_problem(steps[step])
+        if problem is None:
+            return str(steps[step])
+        if not quiet:
+            print(f"[train] skipping {steps[step]}: incomplete ({problem}), a save cut off by a kill, a crash or a "
+                  f"full disk; the next save of step {step} overwrites it")
+    if steps and not quiet:
+        print(f"[train] no complete checkpoint in {checkpoint_dir}: training starts from step 0")
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete.
+
+    The Trainer (transformers 5.17, Trainer._save_checkpoint) writes in place, in this order: the adapter and
+    tokenizer, training_args.bin, optimizer.pt, scheduler.pt, rng_state.pth, and trainer_state.json last. So a
+    missing or unreadable trainer_state.json means the save was cut off; each file is also checked whole (a file
+    can be cut short when the machine, not just the process, dies)."""
+    folder = Path(folder)
+    state_file = folder / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json, which the Trainer writes last"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return f"{path.name} is cut short or unreadable"
+        if path == state_file and data.get("global_step") != int(folder.name.rsplit("-", 1)[1]):
+            return f"trainer_state.json is of step {data.get('global_step')}"
+    weights = [p for p in folder.glob("*.safetensors")] + [p for p in folder.glob("*model*.bin")]
+    if not weights:
+        return "no model or adapter weights"
+    missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (folder / name).is_file()]
+    if missing:
+        return f"no {' or '.join(missing)}"
+    for path in sorted(folder.iterdir()):
+        problem = _file_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """Whether a weights or torch.save file is whole: safetensors checks its header against the file's length;
+    torch.save files are zip archives, whose directory is written at their very end."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt"):
+                return None
+        except Exception:  # safetensors raises its own error type for a short or damaged file
+            return "is cut short or damaged"
+    if path.suffix in {".pt", ".pth", ".bin"}:
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError):
+            return "is cut short or damaged"
+    return None
