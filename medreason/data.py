@@ -133,8 +133,8 @@ def _parse_json(text: str, path: Path, line: int | None, fix: str):
         return json.loads(text, object_pairs_hook=_unique_keys)
     except _RepeatedKey as e:
         at = line or text.count("\n", 0, _repeat_position(text)) + 1
-        raise DataError(f"{path}:{at}: the key {shown(e.key)} appears twice in one object. Fix: keep one of them "
-                        f"(readers disagree on which one a repeated key means).") from None
+        raise DataError(f"{path}:{at}: the key {shown(e.key)} appears twice in the object starting on this line. "
+                        f"Fix: keep one of them (readers disagree on which one a repeated key means).") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{line or e.lineno}: not valid JSON ({e.msg} at column {e.colno}). Fix: {fix}") \
             from None

@@ -84,6 +84,9 @@ def _load_transformers(cfg, plan, model_path):
         model = model.to(plan.device)
     lora = LoraConfig(r=cfg.LORA_R, lora_alpha=cfg.LORA_ALPHA, lora_dropout=cfg.LORA_DROPOUT,
                       target_modules=list(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
+    # LoRA's A matrices are drawn now, before the Trainer seeds anything: without this, SEED would not fix them and
+    # two runs with the same settings would differ from their first update (Unsloth is given random_state instead).
+    torch.manual_seed(cfg.SEED)
     return get_peft_model(model, lora), load_tokenizer(model_path)
 
 

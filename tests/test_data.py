@@ -4,6 +4,7 @@ import pytest
 
 from medreason.data import (DEMO_DATASET, FIELDS, DataError, load_records, shorten_reasoning, shorten_rows, split,
                             validate)
+from medreason.errors import UserError
 
 ROW = {"Question": "Q?", "Complex_CoT": "reasoning", "Response": "answer"}
 
@@ -151,7 +152,8 @@ BAD_FILES = {
                           r"rows\.parquet: not a readable Parquet file .*Fix: write it again"),
     "not Parquet at all": ("rows.parquet", b"Question,Complex_CoT\n", r"rows\.parquet: not a readable Parquet file"),
     "repeated key (JSON Lines)": ("rows.jsonl", LINE + b'\n{"Question": "a", "Question": "b"}\n',
-                                  r"rows\.jsonl:2: the key 'Question' appears twice in one object\. Fix"),
+                                  r"rows\.jsonl:2: the key 'Question' appears twice in the object starting on this "
+                                  r"line\. Fix"),
     "repeated key (JSON list)": ("rows.json", b'[\n' + LINE + b',\n {"Response": "a",\n  "Response": "b"}\n]',
                                  r"rows\.json:3: the key 'Response' appears twice"),
     "repeated key in a nested object": ("rows.json", b'[{"Question": "q",\n"meta": {"a": 1, "a": 2}}]',
@@ -262,3 +264,96 @@ def test_hub_rows_are_validated_like_file_rows(monkeypatch):
         validate(load_records("numbers/rows"), "numbers/rows")
     with pytest.raises(DataError, match=r"DATASET='empty/rows' \(config None\): its train split has no rows"):
         load_records("empty/rows")
+
+
+# --- the command lines: bad input is a UserError (one line, no traceback), found before any model loads --------------
+
+def bad_cli_files(tmp_path):
+    files = {"invalid_utf8.jsonl": b'{"question": "caf\xe9"}\n', "empty.jsonl": b"",
+             "number.jsonl": b'{"question": 42}\n', "nested.json": b'[{"question": {"text": "q"}}]',
+             "ragged.csv": b"question,options,answer\nq,x\nq,x,y,z\n",
+             "truncated.parquet": parquet_bytes([ROW] * 20)[:200],
+             "answer_list.jsonl": b'{"question": "q", "options": {"A": "x"}, "answer": ["A"]}\n',
+             "option_number.jsonl": b'{"question": "q", "options": {"A": 1, "B": "y"}, "answer": "A"}\n',
+             "mcq_question_null.jsonl": b'{"question": null, "options": {"A": "x"}, "answer": "A"}\n'}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("invalid_utf8.jsonl", r"invalid_utf8\.jsonl:1: not UTF-8 text"),
+    ("empty.jsonl", r"empty\.jsonl: the file has no rows .*point --input at"),
+    ("number.jsonl", r"number\.jsonl: row 1 has 'question' is a number, not text"),
+    ("nested.json", r"nested\.json: row 1 has 'question' is an object, not text"),
+    ("absent.jsonl", r"--input .*absent\.jsonl: no such file"),
+])
+def test_inference_input_errors(tmp_path, name, expected):
+    import inference
+    folder = bad_cli_files(tmp_path)
+    with pytest.raises(UserError, match=expected) as err:  # "nowhere" is never loaded: the file is read first
+        inference.main(["--adapter", str(tmp_path / "nowhere"), "--input", str(folder / name)])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("ragged.csv", r"ragged\.csv:2: this row has 2 values, the header has 3"),
+    ("truncated.parquet", r"truncated\.parquet: not a readable Parquet file"),
+    ("answer_list.jsonl", r"answer_list\.jsonl: row 1 needs 'options' .*got answer \"\['A'\]\""),
+    ("option_number.jsonl", r"option_number\.jsonl: row 1 needs 'options' as \{\"A\": text"),
+    ("mcq_question_null.jsonl", r"mcq_question_null\.jsonl: row 1: 'question' is null"),
+])
+def test_evaluate_data_errors(tmp_path, name, expected):
+    import evaluate
+    folder = bad_cli_files(tmp_path)
+    with pytest.raises(UserError, match=expected) as err:
+        evaluate.main(["--adapter", str(tmp_path / "nowhere"), "--data", str(folder / name)])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("not a run", r"results\.json not found: publish a folder written by medical_fine_tuning\.py"),
+    ("results.json cut short", r"results\.json: damaged, not readable JSON .*Fix: run the same training command"),
+    ("results.json a list", r"results\.json: has no 'settings', 'metrics'"),
+    ("no adapter", r"adapter: no adapter_config\.json, so there is no adapter to publish"),
+    ("adapter_config.json cut short", r"adapter_config\.json: damaged, not readable JSON"),
+    ("training_info.json not UTF-8", r"training_info\.json: damaged, not readable JSON \(UnicodeDecodeError"),
+])
+def test_publish_errors_on_a_folder_that_is_not_a_finished_run(tmp_path, damage, expected):
+    import publish
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    results = {"results.json cut short": '{"settings": {}, "metrics": {"rouge_l": 0.3',
+               "results.json a list": "[]"}.get(damage, '{"settings": {}, "metrics": {}}')
+    if damage != "not a run":
+        (run / "results.json").write_text(results)
+    if damage not in ("not a run", "no adapter"):
+        config = '{"base_model_name_or_path": "x"' + ("" if damage == "adapter_config.json cut short" else "}")
+        (run / "adapter" / "adapter_config.json").write_text(config)
+        (run / "adapter" / "training_info.json").write_bytes(b'{"model_name": "\xff"}' if "UTF-8" in damage else b"{}")
+    with pytest.raises(UserError, match=expected) as err:
+        publish.main(["--output-dir", str(run), "--dry-run"])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ({"size": -5}, r"--size -5: a number of rows\. Fix"),
+    ({"test_fraction": 1.0}, r"--test-fraction 1\.0: a share of the rows\. Fix"),
+    ({"dataset": "repeated"}, r"repeated\.json:1: the key 'Question' appears twice in the object starting"),
+    ({"dataset": "missing.jsonl"}, r"--dataset='.*missing\.jsonl': no such file"),
+])
+def test_prepare_dataset_errors(tmp_path, arguments, expected):
+    from prepare_dataset import prepare
+    (tmp_path / "repeated.json").write_text('[{"Question": "a",\n"Question": "b"}]')
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n")
+    dataset = {"repeated": tmp_path / "repeated.json", "missing.jsonl": tmp_path / "missing.jsonl"}.get(
+        arguments.pop("dataset", None), tmp_path / "rows.jsonl")
+    with pytest.raises(UserError, match=expected):
+        prepare(str(dataset), tmp_path / "out", **arguments)
+
+
+def test_a_test_split_that_leaves_no_training_rows_is_refused():
+    from medreason.preparation import train_test_split
+    with pytest.raises(DataError, match=r"1 row\(s\) left: a test split of 10% leaves none for training"):
+        train_test_split([ROW], 0.1, seed=0)
+    assert train_test_split([ROW], 0.0, seed=0) == ([ROW], [])
