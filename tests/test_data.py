@@ -357,3 +357,13 @@ def test_a_test_split_that_leaves_no_training_rows_is_refused():
     with pytest.raises(DataError, match=r"1 row\(s\) left: a test split of 10% leaves none for training"):
         train_test_split([ROW], 0.1, seed=0)
     assert train_test_split([ROW], 0.0, seed=0) == ([ROW], [])
+
+
+def test_evaluate_skips_a_damaged_training_log(tmp_path, capsys):
+    import evaluate
+    log = tmp_path / "log_history.json"
+    log.write_text('[{"loss": 1.0, "step": 1}, {"loss": ')  # the run was killed while writing it
+    assert evaluate.read_history(log) is None
+    assert "is not readable (JSONDecodeError); the report has no loss curve" in capsys.readouterr().out
+    log.write_text('[{"loss": 1.0, "step": 1}]')
+    assert evaluate.read_history(log) == [{"loss": 1.0, "step": 1}]
