@@ -127,7 +127,7 @@ def last_checkpoint(checkpoint_dir: Path, quiet: bool = False, below: int | None
             return str(steps[step])
         if not quiet:
             print(f"[train] skipping {steps[step]}: incomplete ({problem}), a save cut off by a kill, a crash or a "
-                  f"full disk; the next save of step {step} overwrites it")
+                  f"full disk; training goes on from the checkpoint before it")
     if steps and not quiet:
         print(f"[train] no complete checkpoint in {checkpoint_dir}: training starts from step 0")
     return None
@@ -149,8 +149,9 @@ def checkpoint_problem(folder: Path) -> str | None:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError):
             return f"{path.name} is cut short or unreadable"
-        if path == state_file and data.get("global_step") != int(folder.name.rsplit("-", 1)[1]):
-            return f"trainer_state.json is of step {data.get('global_step')}"
+        step = data.get("global_step") if isinstance(data, dict) else None
+        if path == state_file and step != int(folder.name.rsplit("-", 1)[1]):
+            return f"trainer_state.json is of step {step}"
     weights = [p for p in folder.glob("*.safetensors")] + [p for p in folder.glob("*model*.bin")]
     if not weights:
         return "no model or adapter weights"
