@@ -44,6 +44,15 @@ def load_rows(path: Path, limit: int, seed: int):
     return rows, kind
 
 
+def read_history(path: Path) -> list | None:
+    """The run's training log for the loss chart; a damaged one is skipped (the chart is optional), not fatal."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        print(f"[eval] {path} is not readable ({type(e).__name__}); the report has no loss curve")
+        return None
+
+
 def main(argv) -> dict:
     args = parse_args(argv)
     from medreason import evaluation, loading, report, tracking
@@ -66,7 +75,7 @@ def main(argv) -> dict:
     results = evaluation.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, args.max_new_tokens,
                                  args.batch_size, seed=args.seed, include_base=not args.no_base)
     log_path = run_dir / "log_history.json" if run_dir else None
-    history = json.loads(log_path.read_text()) if log_path and log_path.is_file() else None
+    history = read_history(log_path) if log_path and log_path.is_file() else None
     meta = {"adapter": str(args.adapter), "base_model": loaded.base_model, "data": str(data_path),
             "max_new_tokens": args.max_new_tokens, "seconds": round(time.time() - start, 1)}
     files = report.write_report(output, results, rows, kind, meta, history)

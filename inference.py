@@ -52,15 +52,19 @@ def parse_args(argv):
 
 
 def read_questions(path: Path) -> list[str]:
-    from medreason.data import load_records
+    from medreason.data import load_records, shown_names, text_problem
     from medreason.errors import UserError
+    if not path.is_file():
+        raise UserError(f"--input {path}: no such file. Fix: pass a .jsonl/.json/.csv/.parquet file with a "
+                        f"'question' field per row.")
     questions = []
-    for line_no, row in enumerate(load_records(str(path)), start=1):
-        question = row.get("question", row.get("Question"))
-        if not isinstance(question, str) or not question.strip():
-            raise UserError(f"{path}: row {line_no} has no 'question' text (fields: {', '.join(row) or 'none'}). "
-                            f"Fix: give every row a non-empty \"question\" field.")
-        questions.append(question)
+    for line_no, row in enumerate(load_records(str(path), setting="--input"), start=1):
+        key = "question" if "question" in row else "Question"
+        problem = text_problem(row.get(key)) if key in row else None
+        if key not in row or problem:
+            what = f"'{key}' {problem}" if problem else f"no 'question' field (fields: {shown_names(row)})"
+            raise UserError(f"{path}: row {line_no} has {what}. Fix: give every row a non-empty \"question\" text.")
+        questions.append(row[key])
     return questions
 
 
@@ -70,6 +74,7 @@ def main(argv) -> int:
     from medreason.generation import Sampling
     from medreason.prompts import DISCLAIMER
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
+    questions = read_questions(args.input) if args.input else None  # a bad file is reported before the model loads
     backend = loading.choose_backend(args.backend)
     loaded = loading.load(args.adapter, args.base_model, backend)
     print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device})",
@@ -90,7 +95,6 @@ def main(argv) -> int:
     if args.question:
         return 0 if ask(args.question).status == "complete" else 3
     if args.input:
-        questions = read_questions(args.input)
         answers = answering.answer_all(loaded.model, loaded.tokenizer, questions, loaded.style, args.max_new_tokens,
                                        args.batch_size, **options)
         output = args.output or args.input.with_suffix(".answers.jsonl")

@@ -89,13 +89,14 @@ def print_settings(cfg, origins, plan):
 
 
 def main(argv):
-    from medreason import data, evaluation, exports, preflight, prompts, publishing, runtime, settings, tracking, \
-        training
+    from medreason import data, errors, evaluation, exports, preflight, prompts, publishing, runtime, settings, \
+        tracking, training
     from medreason.modeling import load_for_training, resolve_model_path, save_adapter, trainable_summary
     from medreason.results import Clock, write_run
 
     clock = Clock()
     cfg, origins = settings.resolve(globals(), argv, automatic=runtime.automatic_preset)
+    errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")  # for a crash report
     tracking.load_secrets()  # HF_TOKEN, WANDB_API_KEY from .env; never printed
     plan = runtime.plan_run(cfg, origins)  # device, backend, precision, CPU sizing: each printed with its reason
     print_settings(cfg, origins, plan)

@@ -31,13 +31,25 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def check_arguments(size: int, test_fraction: float, output: Path) -> None:
+    from medreason.errors import UserError
+    if size < 0:
+        raise UserError(f"--size {size}: a number of rows. Fix: --size 0 (all rows) or more, e.g. --size {SIZE}.")
+    if not 0 <= test_fraction < 1:
+        raise UserError(f"--test-fraction {test_fraction}: a share of the rows. Fix: at least 0 and below 1, e.g. "
+                        f"--test-fraction {TEST_FRACTION}.")
+    if output.is_file():
+        raise UserError(f"--output {output}: is a file. Fix: pass a folder (it is created if needed).")
+
+
 def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "en",
             test_fraction: float = TEST_FRACTION, seed: int = SEED, tokenizer_name: str = TOKENIZER,
             max_seq_length: int = MAX_SEQ_LENGTH) -> dict:
     from medreason import data, preflight, preparation, prompts
     from medreason.modeling import load_tokenizer, resolve_model_path
     from medreason.results import write_rows
-    records = data.load_records(dataset, config)
+    check_arguments(size, test_fraction, output)
+    records = data.load_records(dataset, config, setting="--dataset")
     rows, dropped = data.validate(records, dataset)
     rows, duplicates = preparation.deduplicate(rows)
     if duplicates:

@@ -1,12 +1,21 @@
 """Load medical-o1-style rows from the Hub or a local file, validate them, and split train/validation.
 
-Everything here runs before any model is loaded, so a bad file costs seconds, not a training run.
+Two layers, kept apart. The readers turn a file's bytes (or a Hub dataset) into a list of dicts and refuse
+malformed input (not UTF-8, not JSON, a ragged CSV row, a truncated Parquet file, a key given twice) with a one-line
+DataError naming the file, the line and the fix. `validate` then checks those dicts against the medical-o1 fields,
+dropping and counting unusable rows. Everything here runs before any model is loaded, so a bad file costs seconds.
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
+import json.decoder
+import json.scanner
+import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,95 +26,312 @@ FIELDS = ("Question", "Complex_CoT", "Response")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 DEMO_DATASET = Path(__file__).parent / "demo_data" / "medical_demo.jsonl"
 DEMO = "demo"  # DATASET="demo" names the shipped illustrative rows, wherever the script runs from
+UTF8_FIX = ("Fix: save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8'; or convert it, e.g. "
+            "iconv -f cp1252 -t utf-8 old.csv > new.csv)")
 
 
 class DataError(UserError):
     """Bad data: the message names the file (and line) or the setting, and says the fix."""
 
 
-def load_records(source: str, config: str | None = None) -> list[dict]:
-    """Raw records from a local .json/.jsonl/.parquet/.csv file, a Hugging Face Hub dataset id, or "demo"."""
+# --- readers: a file's bytes (or a Hub dataset) -> a list of dicts --------------------------------------------------
+
+def load_records(source: str, config: str | None = None, setting: str = "DATASET") -> list[dict]:
+    """Raw records from a local .json/.jsonl/.parquet/.csv file, a Hugging Face Hub dataset id, or "demo".
+
+    `setting` is the name the user gave the source under (DATASET, --dataset), for the error messages."""
     path = DEMO_DATASET if source == DEMO else Path(source).expanduser()
-    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
-        if not path.is_file():
-            raise DataError(f"DATASET={source!r}: no such file. Fix: check the path, or pass a Hub dataset id "
-                            f"such as FreedomIntelligence/medical-o1-reasoning-SFT.")
-        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-        suffix = path.suffix.lower()
-        if suffix not in reader:
-            raise DataError(f"DATASET={source!r}: unsupported file type {suffix!r}. Fix: use one of "
-                            f"{', '.join(LOCAL_SUFFIXES)}.")
-        return reader[suffix](path)
-    return _read_hub(source, config)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                                f"Fix: repair or delete that line; each line must be one JSON object.") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with fields {', '.join(FIELDS)}, "
-                                f"got {type(record).__name__}. Fix: one object per line.")
-            records.append(record)
+    if path.suffix.lower() not in LOCAL_SUFFIXES and not path.exists():
+        return _read_hub(source, config, setting)
+    if not path.is_file():
+        raise DataError(f"{setting}={source!r}: {'is a folder, not a file' if path.is_dir() else 'no such file'}. "
+                        f"Fix: check the path, or pass a Hub dataset id such as "
+                        f"FreedomIntelligence/medical-o1-reasoning-SFT.")
+    reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    suffix = path.suffix.lower()
+    if suffix not in reader:
+        raise DataError(f"{setting}={source!r}: unsupported file type {suffix!r}. Fix: use one of "
+                        f"{', '.join(LOCAL_SUFFIXES)}.")
+    records = reader[suffix](path)
+    if not records:
+        raise DataError(f"{path}: the file has no rows{' (it is empty: 0 bytes)' if not path.stat().st_size else ''}."
+                        f" Fix: check that the export or download finished, or point {setting} at a file with rows.")
     return records
 
 
-def _read_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = json.loads(text)
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}). Fix: check that the file is readable.") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a UTF-8 byte-order mark is skipped; UTF-16 with its mark is read too)."""
+    raw = _read_bytes(path)
+    encoding = "utf-8"
+    for mark, codec in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                        (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if raw.startswith(mark):  # spreadsheets and Windows editors write these marks
+            raw, encoding = raw[len(mark):], codec
+            break
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].decode(encoding, errors="replace").count("\n") + 1
+        name = "UTF-16" if "16" in encoding else "UTF-8"
+        raise DataError(f"{path}:{line}: not {name} text (byte 0x{raw[e.start]:02x} cannot be decoded). "
+                        f"{UTF8_FIX}.") from None
+
+
+def _lines(text: str) -> list[str]:
+    # The line ends Python's text mode knows (\n, \r\n, \r); not str.splitlines, which also splits at U+2028 and
+    # other characters that a JSON string may hold.
+    return re.split(r"\r\n|\n|\r", text)
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key, self.pos = key, None
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    """json's object_pairs_hook: a key given twice is refused (json.loads would silently keep the last one)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _repeat_position(text: str) -> int:
+    """Where the first object with a repeated key starts: json's pure-Python parser, whose object parser we wrap to
+    learn positions. Slow, so it runs only after the fast parser has found a repeated key."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+    def parse_object(s_and_end, *args):
+        try:
+            return json.decoder.JSONObject(s_and_end, *args)
+        except _RepeatedKey as e:
+            e.pos = s_and_end[1] - 1 if e.pos is None else e.pos  # the innermost object's "{"
+            raise
+
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        decoder.decode(text)
+    except _RepeatedKey as e:
+        return e.pos or 0
+    except (ValueError, RecursionError):
+        pass
+    return 0
+
+
+def _parse_json(text: str, path: Path, line: int | None, fix: str):
+    """json.loads refusing repeated keys; any failure is a DataError at path:line (`line`: JSON Lines' line)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as e:
+        at = line or text.count("\n", 0, _repeat_position(text)) + 1
+        raise DataError(f"{path}:{at}: the key {shown(e.key)} appears twice in the object starting on this line. "
+                        f"Fix: keep one of them (readers disagree on which one a repeated key means).") from None
     except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line or e.lineno}: not valid JSON ({e.msg} at column {e.colno}). Fix: {fix}") \
+            from None
+    except RecursionError:
+        raise DataError(f"{path}:{line or 1}: JSON nested too deeply to read. Fix: {fix}") from None
+    except ValueError as e:  # an integer of more than 4,300 digits (Python's int conversion limit)
+        raise DataError(f"{path}:{line or 1}: not readable JSON ({str(e).split(':')[0]}). Fix: {fix}") from None
+
+
+def _read_jsonl(path: Path, text: str | None = None) -> list[dict]:
+    text = _read_text(path) if text is None else text
+    if text.lstrip().startswith("["):  # a JSON list saved as .jsonl: read it as the list it is
+        try:
+            return _read_json(path, text)
+        except DataError:
+            pass  # lines that each hold a list: the line-by-line message below says what is wrong
+    records = []
+    for lineno, line in enumerate(_lines(text), start=1):
+        line = line.lstrip("\ufeff")  # a byte-order mark inside: files concatenated from several exports
+        if not line.strip():
+            continue
+        record = _parse_json(line, path, lineno, "repair or delete that line; each line must be one JSON object.")
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object ({{\"Question\": …}}), got {kind_of(record)}. "
+                            f"Fix: one object per line.")
+        records.append(record)
+    return records
+
+
+def _read_json(path: Path, text: str | None = None) -> list[dict]:
+    text = _read_text(path) if text is None else text
+    if not text.strip():
+        return []
+    try:
+        data = _parse_json(text, path, None, "repair the file; it must hold a list of objects (or be JSON Lines).")
+    except DataError:
         if text.lstrip().startswith("{") and "\n{" in text:  # JSON Lines saved as .json
-            return _read_jsonl(path)
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                        f"Fix: repair the file; it must hold a list of objects (or be JSON Lines).") from None
+            return _read_jsonl(path, text)
+        raise
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a list of objects with fields {', '.join(FIELDS)}. "
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of objects ([{{\"Question\": …}}, …]), got {kind_of(data)}. "
                         f"Fix: save the rows as a JSON list or as JSON Lines (.jsonl).")
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: item {index + 1} of the list is {kind_of(item)}, not an object "
+                            f"({{\"Question\": …}}). Fix: every item must be one row as an object.")
     return data
 
 
+def _csv_delimiter(path: Path, header: str) -> str:
+    """',' unless the header has none and a ';' or a tab (the separators of European and 'text' exports)."""
+    if "," in header:
+        return ","
+    for delimiter, name in ((";", "semicolon"), ("\t", "tab")):
+        if delimiter in header:
+            print(f"[data] {path}: the header has no commas but {name}s: reading it as {name}-separated")
+            return delimiter
+    return ","
+
+
 def _read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_csv_delimiter(path, _lines(text)[0]))
+    limit = csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))  # a chain of thought can exceed the 128 KB default
+    try:
+        return _csv_records(path, reader)
+    except csv.Error as e:  # a NUL byte, a quote left open...
+        raise DataError(f"{path}:{reader.line_num}: not readable CSV ({e}). Fix: re-export the file as CSV, "
+                        f"or save the rows as JSON Lines.") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(path: Path, reader) -> list[dict]:
+    header = next(reader, None)
+    if header is None:
+        return []
+    named = [name for name in header if name]  # unnamed columns (a spreadsheet's trailing empty ones) are ignored
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}:1: the column {shown(repeated[0])} appears twice in the header. Fix: rename or "
+                        f"delete one of them.")
+    records = []
+    for values in reader:
+        if not values:  # a blank line
+            continue
+        if len(values) != len(header):
+            raise DataError(f"{path}:{reader.line_num}: this row has {len(values)} values, the header has "
+                            f"{len(header)}. Fix: put quotes around text holding a comma, a quote or a line "
+                            f"break (spreadsheets do this when exporting), or fill in the missing values.")
+        records.append({name: value for name, value in zip(header, values) if name})
+    return records
 
 
 def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
+    try:
+        table = pq.read_table(path)
+        records = table.to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as e:  # truncated, not Parquet, text that is not UTF-8
+        reason = f"{type(e).__name__}: {str(e).replace(str(path), 'it').splitlines()[0][:200] if str(e) else ''}"
+        raise DataError(f"{path}: not a readable Parquet file ({reason}). Fix: write it again (a download or copy "
+                        f"cut short leaves it truncated), or save the rows as JSON Lines.") from None
+    repeated = sorted({name for name in table.column_names if table.column_names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the column {shown(repeated[0])} appears twice. Fix: rename or drop one of them.")
+    return records
 
 
-def _read_hub(dataset_id: str, config: str | None) -> list[dict]:
+def _read_hub(dataset_id: str, config: str | None, setting: str) -> list[dict]:
     if dataset_id.count("/") != 1:
-        raise DataError(f"DATASET={dataset_id!r} is neither an existing file nor a Hub id of the form owner/name. "
+        raise DataError(f"{setting}={dataset_id!r} is neither an existing file nor a Hub id of the form owner/name. "
                         f"Fix: pass a path to a {'/'.join(LOCAL_SUFFIXES)} file or a Hub dataset id.")
     import datasets
     try:
-        return datasets.load_dataset(dataset_id, config, split="train").to_list()
+        records = datasets.load_dataset(dataset_id, config, split="train").to_list()
     except Exception as e:  # offline, private, misspelt: datasets raises many types
-        raise DataError(f"DATASET={dataset_id!r} (config {config!r}) could not be loaded from the Hugging Face "
-                        f"Hub: {type(e).__name__}: {e}. Fix: check the id and your connection (HF_TOKEN for a "
-                        f"private dataset), or download it once and pass the local file, e.g. "
-                        f"--DATASET=data/train.jsonl.") from None
+        raise DataError(f"{setting}={dataset_id!r} (config {config!r}) could not be loaded from the Hugging Face "
+                        f"Hub: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. Fix: check "
+                        f"the id and your connection (HF_TOKEN for a private dataset), or download it once and "
+                        f"pass the local file, e.g. --DATASET=data/train.jsonl.") from None
+    if not records:
+        raise DataError(f"{setting}={dataset_id!r} (config {config!r}): its train split has no rows. Fix: check the "
+                        f"id and the config (DATASET_CONFIG).")
+    return records
 
+
+# --- describing values in messages ----------------------------------------------------------------------------------
+
+def kind_of(value) -> str:
+    """What a JSON-like value is, in words: 'a number', 'a list', 'text'..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def shown(name, limit: int = 60) -> str:
+    """A name from the data, quoted and cut short, so that one message stays one readable line."""
+    text = repr(str(name))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def shown_names(names, limit: int = 20) -> str:
+    """Field names for a message: as they are when plain, quoted and cut short when not; at most `limit`."""
+    names = sorted(names, key=str)
+    plain = lambda n: str(n).isidentifier() and len(str(n)) <= 60  # noqa: E731
+    listed = ", ".join(str(n) if plain(n) else shown(n) for n in names[:limit])
+    return (listed + (f" … ({len(names) - limit} more)" if len(names) > limit else "")) or "none"
+
+
+def text_problem(value) -> str | None:
+    """Why a value cannot be used as text ('is a number, not text'), or None if it is non-empty text."""
+    if value is None:
+        return "is null"
+    if isinstance(value, float) and math.isnan(value):
+        return "is NaN (an empty cell)"
+    if not isinstance(value, str):
+        return f"is {kind_of(value)}, not text"
+    if not value.strip():
+        return "is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a JSON escape such as "\ud800" decodes to half a surrogate pair
+        return "is not valid Unicode (a lone surrogate escape)"
+    return None
+
+
+# --- the medical-o1 layout ------------------------------------------------------------------------------------------
 
 def validate(records: list[dict], source: str) -> tuple[list[dict], Counter]:
     """Keep rows whose three fields are non-empty strings; count why others were dropped."""
-    found = sorted({key for record in records for key in record})
+    if not records:
+        raise DataError(f"{source}: no rows. Fix: point DATASET at a file or Hub dataset with rows.")
+    found = {key for record in records for key in record}
     missing = [field for field in FIELDS if field not in found]
     if missing:
+        by_case = {str(key).lower(): key for key in found}
+        near = [f"{shown(by_case[m.lower()])} for {m!r}" for m in missing if m.lower() in by_case]
         raise DataError(f"{source}: field {', '.join(repr(m) for m in missing)} is missing. Fields found: "
-                        f"{', '.join(found) or 'none'}. Fix: rename the columns to {', '.join(FIELDS)} "
-                        f"(the schema of FreedomIntelligence/medical-o1-reasoning-SFT).")
+                        f"{shown_names(found)}. Fix: rename the columns to {', '.join(FIELDS)} (the schema of "
+                        f"FreedomIntelligence/medical-o1-reasoning-SFT)"
+                        + (f"; names are case-sensitive ({', '.join(near)})." if near else "."))
     rows, dropped = [], Counter()
     for record in records:
         reason = _drop_reason(record)
@@ -114,20 +340,18 @@ def validate(records: list[dict], source: str) -> tuple[list[dict], Counter]:
         else:
             rows.append({field: record[field] for field in FIELDS})
     if not rows:
-        raise DataError(f"{source}: no usable rows ({len(records)} read, all dropped: {dict(dropped) or 'empty file'})."
-                        f" Fix: every row needs non-empty text in {', '.join(FIELDS)}.")
+        raise DataError(f"{source}: no usable rows ({len(records)} read, all dropped: {dict(dropped)}). "
+                        f"Fix: every row needs non-empty text in {', '.join(FIELDS)}.")
     return rows, dropped
 
 
 def _drop_reason(record: dict) -> str | None:
     for field in FIELDS:
-        value = record.get(field)
-        if value is None:
-            return f"{field} is null"
-        if not isinstance(value, str):
-            return f"{field} is not text"
-        if not value.strip():
-            return f"{field} is empty"
+        if field not in record:
+            return f"{field} is missing"
+        problem = text_problem(record[field])
+        if problem:
+            return f"{field} {problem}"
     return None
 
 

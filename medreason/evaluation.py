@@ -36,11 +36,16 @@ def detect_kind(records: list[dict], source: str) -> str:
 
 
 def validate_mcq(records: list[dict], source: str) -> list[dict]:
+    from .data import shown, text_problem
     for n, row in enumerate(records, start=1):
-        options = row.get("options")
-        if not isinstance(options, dict) or not options or row.get("answer") not in options:
+        options, answer = row.get("options"), row.get("answer")
+        if text_problem(row.get("question")):
+            raise UserError(f"{source}: row {n}: 'question' {text_problem(row.get('question'))}. Fix the row or "
+                            f"drop it.")
+        if (not isinstance(options, dict) or not options or any(text_problem(v) for v in options.values())
+                or not isinstance(answer, str) or answer not in options):
             raise UserError(f"{source}: row {n} needs 'options' as {{\"A\": text, …}} and 'answer' one of its "
-                            f"letters (got answer {row.get('answer')!r}). Fix the row or drop it.")
+                            f"letters (got answer {shown(answer)}). Fix the row or drop it.")
     return records
 
 
@@ -167,7 +172,9 @@ def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: Promp
     Returns (comparison, eval loss, the rows evaluated)."""
     import json
 
+    from .errors import set_run_context
     from .training import final_eval_loss
+    set_run_context(step="6. evaluate (the adapter is saved)")
     eval_loss = final_eval_loss(trainer) if val_rows else None
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if backend == "unsloth":

@@ -76,6 +76,7 @@ def _load_unsloth(cfg, plan, model_path):
 
 
 def _load_transformers(cfg, plan, model_path):
+    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -94,6 +95,9 @@ def _load_transformers(cfg, plan, model_path):
     lora = LoraConfig(r=cfg.LORA_R, lora_alpha=cfg.LORA_ALPHA, lora_dropout=cfg.LORA_DROPOUT,
                       target_modules=lora_targets(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
     check_target_modules(model, cfg.TARGET_MODULES)
+    # LoRA's A matrices are drawn now, before the Trainer seeds anything: without this, SEED would not fix them and
+    # two runs with the same settings would differ from their first update (Unsloth is given random_state instead).
+    torch.manual_seed(cfg.SEED)
     return get_peft_model(model, lora), load_tokenizer(model_path)
 
 
@@ -120,9 +124,18 @@ def trainable_summary(model) -> str:
 
 
 def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Path:
-    """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference)."""
+    """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference).
+
+    Written beside `folder` and renamed into place (storage.save_folder): a full disk or a kill mid-save leaves the
+    previous adapter intact, and a full disk is a one-line error naming the folder and the space it needs."""
+    from . import storage
+    folder = Path(folder)
+    needed = max(storage.folder_bytes(folder), storage.trainable_bytes(model) + storage.TOKENIZER_BYTES)
+    return storage.save_folder(folder, lambda staging: _write_adapter(model, tokenizer, staging, info), needed)
+
+
+def _write_adapter(model, tokenizer, folder: Path, info: dict | None) -> None:
     import json
-    folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
     tokenizer.save_pretrained(folder)
     # peft also writes a placeholder model card naming this machine's cache path as base_model; the real card is
@@ -135,4 +148,3 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Pa
         config_path.write_text(json.dumps(config, indent=2) + "\n")
     if info:
         (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return folder

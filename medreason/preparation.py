@@ -12,6 +12,8 @@ import re
 import statistics
 from collections import Counter
 
+from .data import DataError
+
 QUESTION_TYPES = {
     "diagnosis": r"diagnos|most likely (?:the )?(?:cause|condition|disorder|diagnosis)|causative|what (?:disorder|"
                  r"infection|disease|condition)|which (?:disease|condition|disorder|nerve|artery)",
@@ -72,6 +74,9 @@ def train_test_split(rows: list[dict], test_fraction: float, seed: int) -> tuple
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     n_test = max(1, round(test_fraction * len(rows))) if test_fraction > 0 else 0
+    if n_test >= len(rows):
+        raise DataError(f"{len(rows)} row(s) left: a test split of {test_fraction:.0%} leaves none for training. "
+                        f"Fix: --test-fraction 0, or a dataset with more rows.")
     return [rows[i] for i in order[n_test:]], [rows[i] for i in order[:n_test]]
 
 

@@ -98,15 +98,33 @@ def license_for(base_model: str) -> str:
 
 
 def _run_facts(run_dir: Path) -> tuple[dict, dict, dict]:
-    results_path = run_dir / "results.json"
+    """results.json, training_info.json and adapter_config.json of a finished run, each checked readable."""
+    results_path, adapter = run_dir / "results.json", run_dir / "adapter"
     if not results_path.is_file():
         raise UserError(f"{results_path} not found: publish a folder written by medical_fine_tuning.py "
                         f"(its OUTPUT_DIR).")
-    adapter = run_dir / "adapter"
-    info = json.loads((adapter / "training_info.json").read_text()) if (adapter / "training_info.json").is_file() \
-        else {}
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    return json.loads(results_path.read_text()), info, adapter_config
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no adapter_config.json, so there is no adapter to publish. Fix: run the same "
+                        f"training command again (it resumes from the checkpoints and saves the adapter).")
+    results = _read_run_json(results_path, ("settings", "metrics"))
+    info = _read_run_json(adapter / "training_info.json", ()) if (adapter / "training_info.json").is_file() else {}
+    return results, info, _read_run_json(adapter / "adapter_config.json", ("base_model_name_or_path",))
+
+
+def _read_run_json(path: Path, needed: tuple[str, ...]) -> dict:
+    """A JSON object the run wrote, with the keys the card needs; a damaged file (a run killed while writing it)
+    is a one-line error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: damaged, not readable JSON ({type(e).__name__}: {str(e)[:120]}), e.g. the run was "
+                        f"stopped while writing it. Fix: run the same training command again to write it anew.") \
+            from None
+    missing = [key for key in needed if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise UserError(f"{path}: has no {', '.join(repr(k) for k in missing)}, so it was not written by this "
+                        f"version's medical_fine_tuning.py. Fix: run the training command again to write it anew.")
+    return data
 
 
 def _evaluation_table(evaluation: dict | None) -> tuple[str, str]:

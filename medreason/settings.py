@@ -50,8 +50,13 @@ def _parse_value(raw: str):
         return None
     try:
         return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # TypeError: {[]: 1}
         return raw
+
+
+def _shown(raw: str) -> str:
+    """The value as typed, or quoted and cut short when it would not fit on one line of an error message."""
+    return raw if len(raw) <= 80 and raw.isprintable() else repr(raw[:80]) + ("…" if len(raw) > 80 else "")
 
 
 def _coerce(name: str, raw: str, default, annotation, shown: str | None = None):
@@ -62,7 +67,7 @@ def _coerce(name: str, raw: str, default, annotation, shown: str | None = None):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if type(value) not in allowed and str in allowed:  # text stays text: --OUTPUT_DIR=2024 is "2024"
         value = raw
-    return _checked(name, value, default, annotation, shown or f"--{name}={raw}", f"--{name}={default!r}")
+    return _checked(name, value, default, annotation, shown or f"--{name}={_shown(raw)}", f"--{name}={default!r}")
 
 
 def _checked(name: str, value, default, annotation, shown: str, example: str):
@@ -82,13 +87,14 @@ def parse_overrides(argv: list[str], defaults: dict, annotations: dict | None = 
     overrides = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise SettingsError(f"{arg!r}: settings are given as --NAME=value, e.g. --MAX_STEPS=50.")
+            raise SettingsError(f"{arg[:80]!r}{'…' if len(arg) > 80 else ''}: settings are given as --NAME=value, "
+                                f"e.g. --MAX_STEPS=50.")
         name, raw = arg[2:].split("=", 1)
         if name not in defaults:
             close = difflib.get_close_matches(name.upper(), list(defaults), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
-            raise SettingsError(f"Unknown setting --{name}.{hint} The settings are the upper-case constants at "
-                                f"the top of the script: {', '.join(defaults)}.")
+            raise SettingsError(f"Unknown setting --{_shown(name)}.{hint} The settings are the upper-case "
+                                f"constants at the top of the script: {', '.join(defaults)}.")
         overrides[name] = _coerce(name, raw, defaults[name], annotations.get(name))
     return overrides
 

@@ -3,19 +3,30 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+import shutil
+import zipfile
 from pathlib import Path
 
 
 RUN_INFO = "training_info.json"  # written next to the checkpoints: what they were trained from
 
 
+# The settings that decide the trained weights: an adapter finished with the same ones is not trained again.
+TRAINED_BY = ("MODEL_NAME", "DATASET", "DATASET_CONFIG", "TRAIN_SAMPLES", "VAL_SIZE", "MAX_THINK_WORDS",
+              "PROMPT_STYLE", "MAX_SEQ_LENGTH", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES", "BATCH_SIZE",
+              "GRAD_ACCUM", "MAX_STEPS", "LEARNING_RATE", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED",
+              "EARLY_STOPPING_PATIENCE")
+
+
 def run_info(cfg, plan, style) -> dict:
     """training_info.json, saved with the adapter and next to the checkpoints: inference asks with exactly this
-    base model, prompt and date; a resumed run must match it."""
+    base model, prompt and date; a resumed run must match it; a rerun after training finished does not train."""
     from .prompts import TEMPLATE_DATE
     return {"model_name": cfg.MODEL_NAME, "prompt_style": style.name, "system_prompt": style.system_prompt,
             "template_date": TEMPLATE_DATE, "max_seq_length": cfg.MAX_SEQ_LENGTH, "max_new_tokens": cfg.MAX_NEW_TOKENS,
-            "backend": plan.backend, "precision": plan.precision, "load_in_4bit": plan.load_in_4bit}
+            "backend": plan.backend, "precision": plan.precision, "load_in_4bit": plan.load_in_4bit,
+            "trained_by": {name: getattr(cfg, name) for name in TRAINED_BY}}
 
 
 def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
@@ -100,8 +111,10 @@ def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config, ear
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
     callbacks = [EarlyStoppingCallback(early_stopping_patience)] if early_stopping_patience else None
-    return SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=callbacks)
+    guard_checkpoint_saves(trainer)
+    return trainer
 
 
 def report_early_stop(trainer) -> str | None:
@@ -115,6 +128,35 @@ def report_early_stop(trainer) -> str | None:
     return (f"[train] stopped early at step {state.global_step} of {state.max_steps}: the eval loss did not improve "
             f"for {patience} evaluations in a row (best {state.best_metric:.4f}, {best}); the model is now that best "
             f"checkpoint, and it is what gets saved and evaluated")
+
+
+def guard_checkpoint_saves(trainer) -> None:
+    """A disk that fills up while the Trainer writes checkpoint-N: that half-written folder is deleted (the earlier
+    checkpoints stay as they were) and the run stops with a one-line error naming the folder and the space needed,
+    instead of torch.save's "unexpected pos" traceback. The instance's method is wrapped, not the class subclassed,
+    because Unsloth may have rewritten SFTTrainer's class."""
+    from . import storage
+    save = trainer._save_checkpoint
+
+    def guarded_save(model, trial, *args, **kwargs):
+        try:
+            return save(model, trial, *args, **kwargs)
+        except Exception as error:
+            run_dir = Path(trainer.args.output_dir)
+            folder = run_dir / f"checkpoint-{trainer.state.global_step}"
+            previous = last_checkpoint(run_dir, quiet=True, below=trainer.state.global_step)
+            needed = (storage.folder_bytes(Path(previous)) if previous else
+                      storage.trainable_bytes(model) * 3 + storage.TOKENIZER_BYTES)  # weights + Adam's 2 moments
+            free = storage.free_bytes(run_dir)
+            if not storage.is_disk_full(error, free, needed):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            kept = (f"{folder.name} was removed; the previous checkpoints are intact, and the same command resumes "
+                    f"from {Path(previous).name}." if previous else f"{folder.name} was removed.")
+            raise storage.disk_full_error(folder, needed, free, kept + " Lowering SAVE_TOTAL_LIMIT keeps fewer "
+                                          "checkpoints on disk.") from None
+
+    trainer._save_checkpoint = guarded_save
 
 
 def final_eval_loss(trainer) -> float:
@@ -158,18 +200,39 @@ def _lora_differences(checkpoint: Path, cfg) -> list[str]:
         ("LORA_ALPHA", "lora_alpha", cfg.LORA_ALPHA, saved.get("lora_alpha") == cfg.LORA_ALPHA)) if not same]
 
 
+def finished_step(out: Path, trained_by: dict) -> int | None:
+    """The step at which an earlier run of these very settings finished training and saved OUTPUT_DIR/adapter
+    (it was then stopped, e.g. killed during the evaluation): None when training is still to do."""
+    path = out / "adapter" / "training_info.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = isinstance(saved, dict) and saved.get("trained_by") == json.loads(json.dumps(trained_by))
+    return saved.get("finished_at_step") if same else None
+
+
 def resume_point(checkpoint_dir: Path, cfg) -> str | None:
-    """The newest checkpoint to resume from, checked against this run's settings (None: start fresh)."""
+    """The newest checkpoint to resume from, checked against this run's settings (None: start fresh, or training
+    already finished)."""
     checkpoint = last_checkpoint(checkpoint_dir)
     check_resumable(checkpoint, cfg)
+    if finished_step(checkpoint_dir.parent, {name: getattr(cfg, name) for name in TRAINED_BY}) is not None:
+        return None
     if checkpoint:
         print(f"[train] resuming from {checkpoint} (delete {checkpoint_dir} to start over)")
     return checkpoint
 
 
 def train(trainer, resume: str | None, out: Path, info: dict):
-    """trainer.train, resuming from `resume`. Ctrl-C keeps the adapter so far and the checkpoints to resume from."""
+    """trainer.train, resuming from `resume`; records the finishing step in `info` (saved with the adapter) and the
+    log in OUTPUT_DIR/log_history.json. A run whose adapter finished training with these settings is not trained
+    again: its adapter is loaded instead. Ctrl-C keeps the adapter so far and the checkpoints to resume from."""
+    from .errors import set_run_context
     from .modeling import save_adapter
+    set_run_context(step="4. train")
+    if (step := finished_step(out, info["trained_by"])) is not None:
+        return reuse_finished_adapter(trainer, out, info, step)
     checkpoint_dir = Path(trainer.args.output_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (checkpoint_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")  # read by check_resumable
@@ -177,6 +240,8 @@ def train(trainer, resume: str | None, out: Path, info: dict):
         result = trainer.train(resume_from_checkpoint=resume)
         if stopped := report_early_stop(trainer):
             print(stopped)
+        info["finished_at_step"] = trainer.state.global_step
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         return result
     except KeyboardInterrupt:
         saved = save_adapter(trainer.model, trainer.processing_class, out / "adapter-interrupted", info)
@@ -185,7 +250,91 @@ def train(trainer, resume: str | None, out: Path, info: dict):
                          f"{checkpoint_dir}.") from None
 
 
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint-N folder to resume from, if an earlier run left one."""
-    from transformers.trainer_utils import get_last_checkpoint
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+def reuse_finished_adapter(trainer, out: Path, info: dict, step: int):
+    """Load the finished adapter's weights (and its training log) into the trainer's model instead of training."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers.trainer_utils import TrainOutput
+    print(f"[train] this run already finished training at step {step} and saved {out / 'adapter'}: not training "
+          f"again; that adapter is evaluated (delete {out / 'adapter'} to train again)")
+    set_peft_model_state_dict(trainer.model, load_file(out / "adapter" / "adapter_model.safetensors"))
+    history = out / "log_history.json"
+    trainer.state.log_history = json.loads(history.read_text()) if history.is_file() else []
+    trainer.state.global_step = step
+    info["finished_at_step"] = step
+    train_loss = next((e["train_loss"] for e in reversed(trainer.state.log_history) if "train_loss" in e), None)
+    return TrainOutput(step, train_loss, {})
+
+
+def last_checkpoint(checkpoint_dir: Path, quiet: bool = False, below: int | None = None) -> str | None:
+    """The newest complete checkpoint-N folder to resume from, if an earlier run left one.
+
+    A newer folder whose save was cut off (a kill, a crash, a full disk) is named and skipped: resuming from it would
+    fail, or worse, silently restart at step 0 (the Trainer does that when trainer_state.json is missing)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = {int(m.group(1)): p for p in checkpoint_dir.iterdir() if (m := pattern.match(p.name)) and p.is_dir()}
+    for step in sorted((s for s in steps if below is None or s < below), reverse=True):
+        problem = checkpoint_problem(steps[step])
+        if problem is None:
+            return str(steps[step])
+        if not quiet:
+            print(f"[train] skipping {steps[step]}: incomplete ({problem}), a save cut off by a kill, a crash or a "
+                  f"full disk; training goes on from the checkpoint before it")
+    if steps and not quiet:
+        print(f"[train] no complete checkpoint in {checkpoint_dir}: training starts from step 0")
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete.
+
+    The Trainer (transformers 5.17, Trainer._save_checkpoint) writes in place, in this order: the adapter and
+    tokenizer, training_args.bin, optimizer.pt, scheduler.pt, rng_state.pth, and trainer_state.json last. So a
+    missing or unreadable trainer_state.json means the save was cut off; each file is also checked whole (a file
+    can be cut short when the machine, not just the process, dies)."""
+    folder = Path(folder)
+    state_file = folder / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json, which the Trainer writes last"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return f"{path.name} is cut short or unreadable"
+        step = data.get("global_step") if isinstance(data, dict) else None
+        if path == state_file and step != int(folder.name.rsplit("-", 1)[1]):
+            return f"trainer_state.json is of step {step}"
+    weights = [p for p in folder.glob("*.safetensors")] + [p for p in folder.glob("*model*.bin")]
+    if not weights:
+        return "no model or adapter weights"
+    missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (folder / name).is_file()]
+    if missing:
+        return f"no {' or '.join(missing)}"
+    for path in sorted(folder.iterdir()):
+        problem = _file_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """Whether a weights or torch.save file is whole: safetensors checks its header against the file's length;
+    torch.save files are zip archives, whose directory is written at their very end."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt"):
+                return None
+        except Exception:  # safetensors raises its own error type for a short or damaged file
+            return "is cut short or damaged"
+    if path.suffix in {".pt", ".pth", ".bin"}:
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError):
+            return "is cut short or damaged"
+    return None

@@ -160,7 +160,7 @@ def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_adapter(tiny_model
     data = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:10]])
     trainer = training.build_trainer(model, tok, data.select(range(2, 10)), data.select(range(2)),
                                      training.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"), 2)
-    training.train(trainer, None, tmp_path, {"model_name": cfg.MODEL_NAME})
+    training.train(trainer, None, tmp_path, training.run_info(cfg, plan, get_style("think_response")))
     evals = [(e["step"], e["eval_loss"]) for e in trainer.state.log_history if "eval_loss" in e and e["step"] > 0]
     best_step, best_loss = min(evals, key=lambda e: e[1])
     assert trainer.state.global_step < cfg.MAX_STEPS  # it stopped early...
