@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 LIMIT = 50  # rows evaluated (seeded sample); 0 = all. A T4 answers ~50 questions in a few minutes
-MAX_NEW_TOKENS = 1024  # per answer: a chain of thought needs ~500-900 tokens to reach </response>
+MAX_NEW_TOKENS = 1024  # per answer, when the adapter records no budget of its own (the run's MAX_NEW_TOKENS wins)
+ENGINE = "auto"  # "auto": continuous batching where it applies; "continuous" or "batched" (see medreason/generation.py)
 BATCH_SIZE = 8  # answers generated together (left-padded, grouped by length); lower it if out of memory
 SEED = 3407  # the sample of rows and the bootstrap
 
@@ -25,7 +26,9 @@ def parse_args(argv):
     p.add_argument("--data", type=Path, help="JSONL/JSON/CSV/Parquet rows (default: the run's validation.jsonl)")
     p.add_argument("--limit", type=int, default=LIMIT)
     p.add_argument("--output", type=Path, help="report folder (default: <run>/evaluation)")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--max-new-tokens", type=int, help=f"per answer (default: the budget the run trained for, saved "
+                                                      f"with the adapter; else {MAX_NEW_TOKENS})")
+    p.add_argument("--engine", default=ENGINE, choices=["auto", "continuous", "batched"])
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--base-model", help="base model for the adapter (default: the one it was trained on)")
@@ -71,13 +74,15 @@ def main(argv) -> dict:
     if loaded.kind != "adapter" and not args.no_base:
         raise UserError(f"{args.adapter} is a merged model: there is no adapter to disable for the base "
                         f"comparison. Fix: pass the adapter folder, or --no-base.")
+    budget, why = loaded.budget(args.max_new_tokens, MAX_NEW_TOKENS)
+    print(f"[eval] {budget} new tokens per answer ({why})")
     start = time.time()
-    results = evaluation.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, args.max_new_tokens,
-                                 args.batch_size, seed=args.seed, include_base=not args.no_base)
+    results = evaluation.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, budget, args.batch_size,
+                                 seed=args.seed, include_base=not args.no_base, engine=args.engine)
     log_path = run_dir / "log_history.json" if run_dir else None
     history = read_history(log_path) if log_path and log_path.is_file() else None
     meta = {"adapter": str(args.adapter), "base_model": loaded.base_model, "data": str(data_path),
-            "max_new_tokens": args.max_new_tokens, "seconds": round(time.time() - start, 1)}
+            "max_new_tokens": budget, "engine": args.engine, "seconds": round(time.time() - start, 1)}
     files = report.write_report(output, results, rows, kind, meta, history)
     table = report.metrics_json(results)
     for name, metric in table["tuned"].items():

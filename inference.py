@@ -16,7 +16,8 @@ from pathlib import Path
 
 # --- model and generation (each is also a command-line flag) -------------------------------------------------------
 BACKEND = "auto"  # Unsloth's fast inference on a CUDA GPU where it imports; transformers + peft elsewhere
-MAX_NEW_TOKENS = 1024  # budget per answer: a chain of thought needs ~500-900 tokens to reach </response>
+MAX_NEW_TOKENS = 1024  # budget per answer when the adapter records none (the run's MAX_NEW_TOKENS wins)
+ENGINE = "auto"  # batch mode: continuous batching where it applies, else batched generate (medreason/generation.py)
 MAX_CONTINUATIONS = 2  # times an answer cut off inside <think>/<response> is continued
 CONTINUATION_TOKENS = 256  # budget of each continuation
 BATCH_SIZE = 8  # questions answered together in batch mode (left-padded); lower it if out of memory
@@ -40,7 +41,9 @@ def parse_args(argv):
     p.add_argument("--output", type=Path, help="JSONL answers for --input (default: <input>.answers.jsonl)")
     p.add_argument("--show-thinking", action="store_true", help="print the reasoning instead of folding it")
     p.add_argument("--no-disclaimer", action="store_true", help="leave out the not-medical-advice line")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--max-new-tokens", type=int, help=f"budget per answer (default: the one the run trained for, "
+                                                      f"saved with the adapter; else {MAX_NEW_TOKENS})")
+    p.add_argument("--engine", default=ENGINE, choices=["auto", "continuous", "batched"])
     p.add_argument("--max-continuations", type=int, default=MAX_CONTINUATIONS)
     p.add_argument("--continuation-tokens", type=int, default=CONTINUATION_TOKENS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -80,13 +83,16 @@ def main(argv) -> int:
     print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device})",
           file=sys.stderr)
     options = dict(sampling=Sampling(args.sample, args.temperature, args.top_p, args.repetition_penalty),
-                   max_continuations=args.max_continuations, continuation_tokens=args.continuation_tokens)
+                   max_continuations=args.max_continuations, continuation_tokens=args.continuation_tokens,
+                   engine=args.engine)
+    budget, why = loaded.budget(args.max_new_tokens, MAX_NEW_TOKENS)
+    print(f"[load] {budget} new tokens per answer ({why})", file=sys.stderr)
     disclaimer = not args.no_disclaimer
 
     def ask(question: str):
-        streamer = display.make_streamer(loaded.tokenizer, args.show_thinking)
-        answer, = answering.answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style,
-                                         args.max_new_tokens, streamer=streamer, **options)
+        streamer = display.make_streamer(loaded.tokenizer, args.show_thinking, style=loaded.style)
+        answer, = answering.answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style, budget,
+                                         streamer=streamer, **options)
         print(f"\n[status: {answer.status}; {answer.tokens} tokens; {answer.continuations} continuation(s)]")
         if disclaimer:
             print(DISCLAIMER)
@@ -95,7 +101,7 @@ def main(argv) -> int:
     if args.question:
         return 0 if ask(args.question).status == "complete" else 3
     if args.input:
-        answers = answering.answer_all(loaded.model, loaded.tokenizer, questions, loaded.style, args.max_new_tokens,
+        answers = answering.answer_all(loaded.model, loaded.tokenizer, questions, loaded.style, budget,
                                        args.batch_size, **options)
         output = args.output or args.input.with_suffix(".answers.jsonl")
         with output.open("w", encoding="utf-8") as f:

@@ -109,11 +109,12 @@ def main(argv):
     report_to = tracking.setup_wandb(cfg.REPORT_TO, cfg.WANDB_PROJECT, cfg.OUTPUT_DIR)
     sft_config = training.build_sft_config(cfg, plan, report_to, out / "checkpoints")
 
-    # 1. Data: read, validate, split and format as conversations, before any model is loaded.
-    prepared = data.prepare_training_data(cfg, style)
+    # 1. Data: read, validate, split and format as examples in the prompt style, before any model is loaded.
+    tokenizer = preflight.tokenizer_for(model_path, dry_run=cfg.DRY_RUN)
+    prepared = data.prepare_training_data(cfg, style, tokenizer)
 
     # 2. Preflight: token lengths with the model's own tokenizer; a checkpoint to resume must fit this run.
-    preflight.check_training_data(prepared, model_path, cfg.MAX_SEQ_LENGTH, dry_run=cfg.DRY_RUN)
+    preflight.check_training_data(prepared, tokenizer, cfg.MAX_SEQ_LENGTH)
     resume = training.resume_point(out / "checkpoints", cfg)
     clock.lap("data_and_preflight")
     if cfg.DRY_RUN:
@@ -143,7 +144,7 @@ def main(argv):
                                                              prepared.val_rows, style, cfg, out)
     clock.lap("evaluate")
     results_path, metrics = write_run(out, cfg, plan, clock.timings(), comparison, eval_loss,
-                                      train_result.training_loss, sample, prepared.val_rows, prepared.info)
+                                      train_result.training_loss, sample, prepared.val_rows, prepared.info, style)
 
     # 7. Publish, then exports: the adapter is on disk, and no export can cost the push.
     pushed = publishing.publish(out, push_plan)

@@ -1,8 +1,9 @@
 """Answer questions and repair answers cut off by the token budget, without ever faking a closing tag.
 
-An answer that stops on the budget inside <think> or <response> is continued from where it stopped (up to
-MAX_CONTINUATIONS times). One whose </think> closed with no <response> after it gets the opening tag, and the model
-writes the rest. Closing tags are only ever written by the model: what stays incomplete is reported as such.
+An answer that stops on the budget inside its reasoning or its response is continued from where it stopped (up to
+MAX_CONTINUATIONS times). One whose reasoning closed with nothing after it gets the style's response opening (e.g.
+<response>), and the model writes the rest. Closing tags are only ever written by the model: what stays incomplete
+is reported as such, and an answer that loops (repeats itself until the budget) is not continued.
 """
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from dataclasses import dataclass
 
 from .generation import GREEDY, Sampling, generate
 from .prompts import PromptStyle, generation_prompt
-from .tags import parse_answer
-
-RESPONSE_OPEN = "<response>\n"
+from .tags import closing_marker, parse_answer, reasoning_closed_at
 
 
 @dataclass
@@ -32,48 +31,55 @@ class Answer:
         return dict(vars(self))
 
 
-def _next_step(text: str, hit_budget: bool) -> str | None:
+def _next_step(text: str, hit_budget: bool, style: PromptStyle) -> str | None:
     """What to do with a partial answer: 'continue', 'open_response', or None (final as it is)."""
-    parsed = parse_answer(text)
+    parsed = parse_answer(text, style, ended=not hit_budget)
     if parsed.status in ("think_unclosed", "response_unclosed") and hit_budget:
         return "continue"
-    if parsed.status == "response_missing" and not text.split("</think>", 1)[1].strip():
-        # Cut off right after </think>: the model may still open <response> itself. Stopped there on its own:
-        # open <response> for it and let it write the answer.
-        return "continue" if hit_budget else "open_response"
+    closed = reasoning_closed_at(text, style)
+    if parsed.status == "response_missing" and closed is not None and not text[closed:].strip():
+        # Cut off right after the reasoning: the model may still open the response itself. Stopped there on its
+        # own: open the response for it (where the style has an opening) and let it write the answer.
+        return "continue" if hit_budget else "open_response" if style.response_opening else None
     return None
 
 
 def answer_batch(model, tokenizer, questions: list[str], style: PromptStyle, max_new_tokens: int,
                  sampling: Sampling = GREEDY, max_continuations: int = 2, continuation_tokens: int = 256,
-                 streamer=None) -> list[Answer]:
+                 streamer=None, engine: str = "auto", seed: int | None = None,
+                 batch_size: int | None = None) -> list[Answer]:
+    """Answer each question (all at once: the engine schedules them), then repair the ones cut by the budget."""
     start = time.time()
     prompts = [generation_prompt(tokenizer, q, style) for q in questions]
     texts, tokens = [""] * len(questions), [0] * len(questions)
     rounds, opened = [0] * len(questions), [False] * len(questions)
+    ended = [True] * len(questions)
     todo, budget = list(range(len(questions))), max_new_tokens
     while todo:
-        outs = generate(model, tokenizer, [prompts[i] + texts[i] for i in todo], budget, batch_size=len(todo),
-                        sampling=sampling, progress=False, streamer=streamer)
+        outs = generate(model, tokenizer, [prompts[i] + texts[i] for i in todo], budget,
+                        batch_size=batch_size or len(todo),
+                        sampling=sampling, progress=False, streamer=streamer, engine=engine,
+                        stop_text=closing_marker(style), seed=seed)
         still = []
         for i, out in zip(todo, outs):
             texts[i] += out.text
             tokens[i] += out.tokens
-            step = _next_step(texts[i], out.hit_budget)
+            ended[i] = out.ended
+            step = _next_step(texts[i], out.hit_budget, style)
             if step is None or rounds[i] >= max_continuations:
                 continue
             if step == "open_response":
-                texts[i] = texts[i].rstrip() + "\n" + RESPONSE_OPEN
+                texts[i] = texts[i].rstrip() + "\n" + style.response_opening
                 opened[i] = True
                 if streamer is not None:
-                    streamer.put_text("\n" + RESPONSE_OPEN)
+                    streamer.put_text("\n" + style.response_opening)
             rounds[i] += 1
             still.append(i)
-        todo, budget = still, continuation_tokens
+        todo, budget, seed = still, continuation_tokens, None if seed is None else seed + 1
     seconds = time.time() - start
     answers = []
     for i, question in enumerate(questions):
-        parsed = parse_answer(texts[i])
+        parsed = parse_answer(texts[i], style, ended[i])
         answers.append(Answer(question, texts[i].strip(), parsed.thinking, parsed.response, parsed.status,
                               tokens[i], rounds[i], opened[i], round(seconds, 2)))
     return answers
@@ -81,13 +87,5 @@ def answer_batch(model, tokenizer, questions: list[str], style: PromptStyle, max
 
 def answer_all(model, tokenizer, questions: list[str], style: PromptStyle, max_new_tokens: int, batch_size: int,
                **kwargs) -> list[Answer]:
-    """Batches of similar-length questions, each answered and repaired together."""
-    from tqdm.auto import tqdm
-    order = sorted(range(len(questions)), key=lambda i: len(questions[i]), reverse=True)
-    answers: list[Answer | None] = [None] * len(questions)
-    for start in tqdm(range(0, len(order), batch_size), desc="answering", unit="batch"):
-        batch = order[start:start + batch_size]
-        for i, answer in zip(batch, answer_batch(model, tokenizer, [questions[i] for i in batch], style,
-                                                 max_new_tokens, **kwargs)):
-            answers[i] = answer
-    return answers
+    """Every question answered and repaired, batch_size at a time (continuous batching: seats in flight)."""
+    return answer_batch(model, tokenizer, questions, style, max_new_tokens, batch_size=batch_size, **kwargs)

@@ -19,13 +19,13 @@ def mcq_question(question: str, options: dict[str, str]) -> str:
     return "\n".join(lines + ["", INSTRUCTION])
 
 
-def extract_choice(answer: str, options: dict[str, str]) -> str | None:
+def extract_choice(answer: str, options: dict[str, str], style="think_response") -> str | None:
     """The chosen letter, or None when the answer names none or several.
 
     In order: an explicit statement ("the answer is C", "Answer: (B)") - the last one wins, but "A or B" is no
     choice; a lone letter opening the response ("C.", "(B)"); the text of exactly one option.
     """
-    parsed = parse_answer(answer)
+    parsed = parse_answer(answer, style)
     text = parsed.response if parsed.response else answer
     letters = {letter.upper() for letter in options}
     explicit = [m for m in _EXPLICIT.finditer(text) if m.group(1).upper() in letters]

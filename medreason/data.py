@@ -317,42 +317,114 @@ def text_problem(value) -> str | None:
     return None
 
 
-# --- the medical-o1 layout ------------------------------------------------------------------------------------------
+# --- layouts: the fields a row has, and the row it becomes (Question, Complex_CoT, Response) -----------------------
+#   medical-o1   Question, Complex_CoT, Response       (FreedomIntelligence/medical-o1-reasoning-SFT)
+#   instruction  instruction, response, optional input  (instruction/response JSONL; "output" is read as response)
+#   messages     messages: [user, assistant]            (the Hugging Face chat convention; one turn)
+# Rows of the last two carry no separate reasoning: Complex_CoT is "" unless the answer is written in the run's
+# reasoning layout (then it is split by that layout's parser, see prepare_training_data).
+
+LAYOUT_FIELDS = {"medical-o1": FIELDS, "instruction": ("instruction", "response"), "messages": ("messages",)}
+
+
+def detect_layout(records: list[dict], source: str) -> str:
+    found = {key for record in records for key in record}
+    if set(FIELDS) <= found:
+        return "medical-o1"
+    if "instruction" in found and ({"response", "output"} & found):
+        return "instruction"
+    if "messages" in found:
+        return "messages"
+    missing = [field for field in FIELDS if field not in found]
+    by_case = {str(key).lower(): key for key in found}
+    near = [f"{shown(by_case[m.lower()])} for {m!r}" for m in missing if m.lower() in by_case]
+    raise DataError(f"{source}: field {', '.join(repr(m) for m in missing)} is missing. Fields found: "
+                    f"{shown_names(found)}. Fix: rename the columns to {', '.join(FIELDS)} (the schema of "
+                    f"FreedomIntelligence/medical-o1-reasoning-SFT), or give instruction/response rows "
+                    f"(instruction, response, optional input) or chat rows (messages)"
+                    + (f"; names are case-sensitive ({', '.join(near)})." if near else "."))
+
 
 def validate(records: list[dict], source: str) -> tuple[list[dict], Counter]:
-    """Keep rows whose three fields are non-empty strings; count why others were dropped."""
+    """Rows of any layout as (Question, Complex_CoT, Response) with non-empty text; count why others were dropped."""
     if not records:
         raise DataError(f"{source}: no rows. Fix: point DATASET at a file or Hub dataset with rows.")
-    found = {key for record in records for key in record}
-    missing = [field for field in FIELDS if field not in found]
-    if missing:
-        by_case = {str(key).lower(): key for key in found}
-        near = [f"{shown(by_case[m.lower()])} for {m!r}" for m in missing if m.lower() in by_case]
-        raise DataError(f"{source}: field {', '.join(repr(m) for m in missing)} is missing. Fields found: "
-                        f"{shown_names(found)}. Fix: rename the columns to {', '.join(FIELDS)} (the schema of "
-                        f"FreedomIntelligence/medical-o1-reasoning-SFT)"
-                        + (f"; names are case-sensitive ({', '.join(near)})." if near else "."))
+    layout = detect_layout(records, source)
+    to_row = {"medical-o1": _medical_o1_row, "instruction": _instruction_row, "messages": _messages_row}[layout]
     rows, dropped = [], Counter()
     for record in records:
-        reason = _drop_reason(record)
-        if reason:
-            dropped[reason] += 1
+        row = to_row(record)
+        if isinstance(row, str):
+            dropped[row] += 1
         else:
-            rows.append({field: record[field] for field in FIELDS})
+            rows.append(row)
     if not rows:
         raise DataError(f"{source}: no usable rows ({len(records)} read, all dropped: {dict(dropped)}). "
-                        f"Fix: every row needs non-empty text in {', '.join(FIELDS)}.")
+                        f"Fix: every row needs non-empty text in {', '.join(LAYOUT_FIELDS[layout])} ({layout} "
+                        f"rows{'; one user turn, then one assistant turn' if layout == 'messages' else ''}).")
     return rows, dropped
 
 
-def _drop_reason(record: dict) -> str | None:
-    for field in FIELDS:
+def _first_problem(record: dict, fields) -> str | None:
+    for field in fields:
         if field not in record:
             return f"{field} is missing"
         problem = text_problem(record[field])
         if problem:
             return f"{field} {problem}"
     return None
+
+
+def _medical_o1_row(record: dict) -> dict | str:
+    return _first_problem(record, FIELDS) or {field: record[field] for field in FIELDS}
+
+
+def _instruction_row(record: dict) -> dict | str:
+    record = {**record, "response": record.get("response", record.get("output"))}
+    problem = _first_problem(record, ("instruction", "response"))
+    if problem:
+        return problem
+    extra = record.get("input")
+    if extra not in (None, "") and text_problem(extra):
+        return f"input {text_problem(extra)}"
+    question = record["instruction"].strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
+    return {"Question": question, "Complex_CoT": "", "Response": record["response"]}
+
+
+def _messages_row(record: dict) -> dict | str:
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        return f"messages is {kind_of(messages)}, not a list"
+    if not all(isinstance(m, dict) for m in messages):
+        return "messages holds something other than {role, content} objects"
+    roles = [m.get("role") for m in messages]
+    if roles == ["system", "user", "assistant"]:
+        return "messages has its own system message (the run's system prompt is the style's, saved with the adapter)"
+    if roles != ["user", "assistant"]:
+        return "messages is not one user turn then one assistant turn"
+    problem = _first_problem({"user content": messages[0].get("content"),
+                              "assistant content": messages[1].get("content")}, ("user content", "assistant content"))
+    return problem or {"Question": messages[0]["content"], "Complex_CoT": "", "Response": messages[1]["content"]}
+
+
+def fit_rows_to_style(rows: list[dict], style, source: str) -> list[dict]:
+    """Rows without a separate reasoning (instruction, messages) for a style that trains one: their answers must
+    already be written in that style's layout, whose parser splits them; otherwise the combination is refused."""
+    from .tags import parse_answer
+    if not style.reasoning or all(row["Complex_CoT"] for row in rows):
+        return rows
+    fitted = []
+    for n, row in enumerate(rows, start=1):
+        if row["Complex_CoT"]:
+            fitted.append(row)
+            continue
+        parsed = parse_answer(row["Response"], style)
+        if not parsed.complete:
+            raise DataError(f"{source}: row {n} has no reasoning for PROMPT_STYLE={style.name!r} to train (its answer "
+                            f"is not in that layout: {parsed.status}). Fix: --PROMPT_STYLE=plain for instruction/"
+                            f"response or chat rows, or rows with reasoning (Question, Complex_CoT, Response).")
+        fitted.append({**row, "Complex_CoT": parsed.thinking, "Response": parsed.response})
+    return fitted
 
 
 def _units(text: str) -> tuple[list[str], str]:
@@ -414,12 +486,15 @@ class TrainingData:
     info: dict  # counts for results.json and the model card
 
 
-def prepare_training_data(cfg, style) -> TrainingData:
-    """Read, validate, shorten (MAX_THINK_WORDS), split and format the run's rows, printing what happened."""
-    from .prompts import to_conversation
-    rows, dropped = validate(load_records(cfg.DATASET, cfg.DATASET_CONFIG), cfg.DATASET)
-    print(f"[data] {len(rows)} usable rows from {cfg.DATASET}"
+def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
+    """Read, validate, shorten (MAX_THINK_WORDS), split and format the run's rows, printing what happened.
+    The tokenizer renders the examples of text-form styles (r1); it may be None in a dry run of another style."""
+    from .prompts import to_example
+    records = load_records(cfg.DATASET, cfg.DATASET_CONFIG)
+    rows, dropped = validate(records, cfg.DATASET)
+    print(f"[data] {len(rows)} usable rows ({detect_layout(records, cfg.DATASET)} layout) from {cfg.DATASET}"
           + (f"; dropped {sum(dropped.values())}: {dict(dropped)}" if dropped else ""))
+    rows = fit_rows_to_style(rows, style, cfg.DATASET)
     rows, shortened = shorten_rows(rows, cfg.MAX_THINK_WORDS)
     if shortened:
         print(f"[data] MAX_THINK_WORDS={cfg.MAX_THINK_WORDS}: {shortened} chains of thought shortened to their "
@@ -427,8 +502,11 @@ def prepare_training_data(cfg, style) -> TrainingData:
     train_rows, val_rows = split(rows, cfg.VAL_SIZE, cfg.TRAIN_SAMPLES, cfg.SEED)
     print(f"[data] {len(train_rows)} training rows, {len(val_rows) if val_rows else 0} validation rows "
           f"(seed {cfg.SEED})")
-    as_conversation = lambda row: to_conversation(row, style)  # noqa: E731
-    val = val_rows.map(as_conversation, remove_columns=list(FIELDS)) if val_rows else None
-    return TrainingData(train_rows.map(as_conversation, remove_columns=list(FIELDS)), val, val_rows,
+    if style.as_text and tokenizer is None:
+        raise DataError(f"PROMPT_STYLE={style.name!r} renders its examples with the model's tokenizer, which could "
+                        f"not be loaded. Fix: run where {cfg.MODEL_NAME} can be loaded (online, or a local folder).")
+    as_example = lambda row: to_example(row, style, tokenizer)  # noqa: E731
+    val = val_rows.map(as_example, remove_columns=list(FIELDS)) if val_rows else None
+    return TrainingData(train_rows.map(as_example, remove_columns=list(FIELDS)), val, val_rows,
                         {"train_rows": len(train_rows), "val_rows": len(val_rows) if val_rows else 0,
                          "dropped": dict(dropped), "shortened_reasoning": shortened})

@@ -3,21 +3,20 @@ from __future__ import annotations
 
 import sys
 
-
-def fold_thinking(text: str) -> tuple[str, bool]:
-    """(text with the <think> block folded to one line, whether the block is still open)."""
-    start = text.find("<think>")
-    if start < 0:
-        return text, False
-    end = text.find("</think>", start)
-    if end < 0:
-        return text[:start] + "(reasoning…", True
-    words = len(text[start + len("<think>"):end].split())
-    return text[:start] + f"(reasoning folded: {words} words; --show-thinking shows it)\n" + \
-        text[end + len("</think>"):].lstrip("\n"), False
+from .tags import split_reasoning
 
 
-def make_streamer(tokenizer, show_thinking: bool, out=None):
+def fold_thinking(text: str, style="think_response") -> tuple[str, bool]:
+    """(text with the reasoning block folded to one line, whether the block is still open), in the style's layout."""
+    reasoning, rest, closed = split_reasoning(text, style)
+    if not closed:
+        return (text, False) if rest == text else ("(reasoning…", True)  # no reasoning yet / reasoning still open
+    if not reasoning:
+        return rest, False
+    return f"(reasoning folded: {len(reasoning.split())} words; --show-thinking shows it)\n" + rest, False
+
+
+def make_streamer(tokenizer, show_thinking: bool, out=None, style="think_response"):
     """A transformers TextStreamer that prints new tokens, folding the reasoning unless show_thinking."""
     from transformers import TextStreamer
 
@@ -32,7 +31,7 @@ def make_streamer(tokenizer, show_thinking: bool, out=None):
 
         def put_text(self, text: str, final: bool = False):
             self.buffer += text
-            shown = self.buffer if show_thinking else fold_thinking(self.buffer)[0]
+            shown = self.buffer if show_thinking else fold_thinking(self.buffer, style)[0]
             if not final and "<" in shown[self.printed:]:  # hold back what may be the start of a tag
                 shown = shown[:max(self.printed, shown.rfind("<"))]
             self.out.write(shown[self.printed:])

@@ -1,8 +1,9 @@
 """Did the fine-tune help? The same prompts through the base model (adapter disabled) and the tuned model.
 
 Metrics, each reported as {"value", "ci95", "n"} with a 95% percentile-bootstrap interval over questions:
-  rouge_l            ROUGE-L F of the <response> part against the reference (medical-o1 rows)
-  format_compliance  share of answers with a closed <think> then a closed <response> (tags.parse_answer)
+  rouge_l            ROUGE-L F of the response part against the reference (medical-o1 rows)
+  format_compliance  share of answers whose reasoning closed and whose response ended, in the run's prompt style
+                     (tags.parse_answer: <think>…</think><response>…</response> for the default style)
   perplexity         of the reference answers, counting only answer tokens (medical-o1 rows)
   accuracy           share of multiple-choice rows answered with the right letter (unextracted = wrong)
   extraction_rate    share of multiple-choice answers from which a letter could be extracted
@@ -18,7 +19,8 @@ from .data import FIELDS
 from .errors import UserError
 from .generation import generate
 from .metrics import compliance_flags, rouge_l_scores
-from .prompts import PromptStyle, generation_prompt, to_conversation, tokenize_example
+from .prompts import PromptStyle, generation_prompt, to_example, tokenize_example
+from .tags import closing_marker
 
 MCQ_FIELDS = ("question", "options", "answer")
 
@@ -89,7 +91,7 @@ def answer_nll(model, tokenizer, rows: list[dict], style: PromptStyle, batch_siz
     batch x length x vocab floats (8 Llama-3 rows of 1,200 tokens: 4.9 GB in fp32), most of them for the prompt."""
     import torch
     import torch.nn.functional as F
-    examples = [tokenize_example(tokenizer, to_conversation(row, style)) for row in rows]
+    examples = [tokenize_example(tokenizer, to_example(row, style, tokenizer)) for row in rows]
     parts, results = _decoder_and_head(model), []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
@@ -117,6 +119,7 @@ def answer_nll(model, tokenizer, rows: list[dict], style: PromptStyle, batch_siz
 class ModelAnswers:
     answers: list[str]
     metrics: dict = field(default_factory=dict)
+    ended: list[bool] | None = None  # per answer: stopped on its own, not on the token budget
 
 
 def questions_for(rows: list[dict], kind: str) -> list[str]:
@@ -124,19 +127,21 @@ def questions_for(rows: list[dict], kind: str) -> list[str]:
 
 
 def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max_new_tokens: int, batch_size: int,
-          desc: str, seed: int = 0) -> ModelAnswers:
-    """Generate answers to the rows and compute the metrics of one model."""
+          desc: str, seed: int = 0, engine: str = "auto") -> ModelAnswers:
+    """Generate answers to the rows (greedy, with the generation engine) and compute the metrics of one model."""
     prompts = [generation_prompt(tokenizer, q, style) for q in questions_for(rows, kind)]
-    answers = [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)]
-    result = ModelAnswers(answers)
-    result.metrics["format_compliance"] = mean_metric(compliance_flags(answers), seed=seed)
+    generated = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc, engine=engine,
+                         stop_text=closing_marker(style))
+    answers, ended = [g.text.strip() for g in generated], [g.ended for g in generated]
+    result = ModelAnswers(answers, ended=ended)
+    result.metrics["format_compliance"] = mean_metric(compliance_flags(answers, style, ended), seed=seed)
     if kind == "reasoning":
-        rouge = rouge_l_scores(answers, [row["Response"] for row in rows])
+        rouge = rouge_l_scores(answers, [row["Response"] for row in rows], style, ended)
         result.metrics["rouge_l"] = mean_metric(rouge, seed=seed)
         result.metrics["perplexity"] = perplexity_metric(answer_nll(model, tokenizer, rows, style, batch_size),
                                                          seed=seed)
     else:
-        letters = [extract_choice(a, row["options"]) for a, row in zip(answers, rows)]
+        letters = [extract_choice(a, row["options"], style) for a, row in zip(answers, rows)]
         result.metrics["accuracy"] = mean_metric(
             [float(letter == row["answer"]) for letter, row in zip(letters, rows)], seed=seed)
         result.metrics["extraction_rate"] = mean_metric([float(x is not None) for x in letters], seed=seed)
@@ -144,25 +149,27 @@ def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max
 
 
 def compare(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max_new_tokens: int,
-            batch_size: int, seed: int = 0, include_base: bool = True) -> dict[str, ModelAnswers]:
+            batch_size: int, seed: int = 0, include_base: bool = True, engine: str = "auto") -> dict[str, ModelAnswers]:
     """The base model (the same weights with the adapter disabled: nothing loaded twice) and the tuned model."""
     results = {}
     if include_base:
         with model.disable_adapter():
             results["base"] = score(model, tokenizer, rows, kind, style, max_new_tokens, batch_size,
-                                    "base model answering", seed)
+                                    "base model answering", seed, engine)
     results["tuned"] = score(model, tokenizer, rows, kind, style, max_new_tokens, batch_size,
-                             "tuned model answering", seed)
+                             "tuned model answering", seed, engine)
     return results
 
 
 def evaluate_held_out(model, tokenizer, rows: list[dict], style: PromptStyle, max_new_tokens: int, batch_size: int,
-                      seed: int, out_dir, meta: dict, log_history: list[dict]) -> dict[str, ModelAnswers]:
+                      seed: int, out_dir, meta: dict, log_history: list[dict],
+                      engine: str = "auto") -> dict[str, ModelAnswers]:
     """The trainer's last step: base vs tuned on held-out rows, reported to out_dir (report.md, charts...)."""
     from .report import write_report
     if not rows:
         return {}
-    results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed)
+    results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed,
+                      engine=engine)
     write_report(out_dir, results, rows, "reasoning", meta, log_history)
     return results
 

@@ -21,6 +21,16 @@ class Loaded:
     style: PromptStyle
     base_model: str  # what the weights underneath are: a Hub id, a folder or "embedded"
     kind: str  # "adapter" or "model"
+    info: dict  # the adapter's training_info.json ({} when there is none)
+    backend: str = "transformers"
+
+    def budget(self, given: int | None, fallback: int) -> tuple[int, str]:
+        """(max_new_tokens, where it came from): as given, else the budget the run trained for, else the fallback."""
+        if given is not None:
+            return given, "given"
+        if isinstance(self.info.get("max_new_tokens"), int):
+            return self.info["max_new_tokens"], "the training run's MAX_NEW_TOKENS, saved with the adapter"
+        return fallback, "the default (the adapter records no budget)"
 
 
 def fetch(source: str) -> Path:
@@ -80,7 +90,7 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
     info = read_training_info(folder)
     style = get_style(info.get("prompt_style", "think_response"))
     if info.get("system_prompt"):
-        style = PromptStyle(style.name, style.answer_template, info["system_prompt"])
+        style = style.with_system_prompt(info["system_prompt"])
     machine = hardware.detect()
     device = device or machine.device
     precision, why = hardware.choose_precision(precision, machine, backend)
@@ -114,7 +124,7 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
         FastLanguageModel.for_inference(model)  # Unsloth places (and quantizes) the weights itself
     else:
         model = model.to(device)
-    return Loaded(model.eval(), tokenizer, style, base, kind)
+    return Loaded(model.eval(), tokenizer, style, base, kind, info, backend)
 
 
 def _from_pretrained(cls, path: str, dtype, what: str, shown: str):

@@ -42,18 +42,40 @@ def check_lengths(dataset, tokenizer, max_len: int, name: str):
     return (dataset.select(keep) if len(keep) < len(totals) else dataset), stats
 
 
-def check_training_data(prepared, model_path: str, max_len: int, dry_run: bool = False) -> None:
-    """Token lengths of the training rows with the model's own tokenizer (rows with no room for an answer dropped).
-    A dry run whose tokenizer cannot be loaded (offline, say) says so and skips the statistics instead of failing."""
+def tokenizer_for(model_path: str, dry_run: bool = False):
+    """The model's tokenizer. A dry run whose tokenizer cannot be loaded (offline, say) says so and goes on without
+    the token statistics (None) instead of failing."""
     from .modeling import load_tokenizer
     try:
-        tokenizer = load_tokenizer(model_path)
+        return load_tokenizer(model_path)
     except UserError as e:
         if not dry_run:
             raise
         print(f"[preflight] dry run: token statistics skipped, the tokenizer could not be loaded ({e})")
+        return None
+
+
+def check_training_data(prepared, tokenizer, max_len: int) -> None:
+    """Token lengths of the training rows with the model's own tokenizer (rows with no room for an answer dropped),
+    and the answer layout checked against what the chat template makes of it."""
+    if tokenizer is None:
         return
+    check_template_keeps_answer(prepared.train[0], tokenizer)
     prepared.train, prepared.info["train_lengths"] = check_lengths(prepared.train, tokenizer, max_len, "train")
+
+
+def check_template_keeps_answer(example: dict, tokenizer) -> None:
+    """The trained tokens must be the answer as written: some chat templates rewrite assistant turns (DeepSeek-R1's
+    drop everything up to </think>), which would silently train answers without their reasoning."""
+    ids, n_prompt = tokenize_example(tokenizer, example)
+    trained = tokenizer.decode(ids[n_prompt:], skip_special_tokens=True)
+    completion = example["completion"]
+    answer = completion if isinstance(completion, str) else completion[-1]["content"]
+    if answer.strip() not in trained:
+        raise UserError("the model's chat template changes the answer it is trained on (it keeps "
+                        f"{trained.strip()[:80]!r}... of {answer.strip()[:80]!r}...): DeepSeek-R1 templates drop the "
+                        "reasoning of assistant turns. Fix: --PROMPT_STYLE=r1 for such models (it trains the "
+                        "rendered text), or another chat template.")
 
 
 def render_loss_mask(input_ids: list[int], labels: list[int], tokenizer) -> str:

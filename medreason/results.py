@@ -55,17 +55,17 @@ def write_results(path: Path, metrics: dict, settings: dict, plan, timings: dict
 
 
 def write_run(out: Path, cfg, plan, timings: dict, comparison: dict, eval_loss, train_loss, sample, val_rows,
-              data_info: dict) -> tuple[Path, dict]:
+              data_info: dict, style="think_response") -> tuple[Path, dict]:
     """results.json (the tuned model's metrics first), eval_samples.jsonl and validation.jsonl of a training run."""
     from .metrics import status_counts
     from .report import metrics_json
     tuned = comparison.get("tuned")
     metrics = {"rouge_l": None, "format_compliance": None, "perplexity": None, "eval_loss": eval_loss,
                "train_loss": train_loss, "eval_samples": len(sample),
-               "answer_statuses": status_counts(tuned.answers) if tuned else {}}
+               "answer_statuses": status_counts(tuned.answers, style, tuned.ended) if tuned else {}}
     if tuned:
         metrics.update({name: m["value"] for name, m in tuned.metrics.items()})
-        write_samples(out / "eval_samples.jsonl", sample, tuned.answers, comparison["base"].answers)
+        write_samples(out / "eval_samples.jsonl", sample, tuned, comparison["base"].answers, style)
     if val_rows:
         write_rows(out / "validation.jsonl", val_rows)
     path = write_results(out / "results.json", metrics, vars(cfg), plan, timings,
@@ -73,12 +73,12 @@ def write_run(out: Path, cfg, plan, timings: dict, comparison: dict, eval_loss, 
     return path, metrics
 
 
-def write_samples(path: Path, rows, answers: list[str], base_answers: list[str] | None = None) -> Path:
+def write_samples(path: Path, rows, tuned, base_answers: list[str] | None = None, style="think_response") -> Path:
     """One JSON line per evaluated question: the tuned answer parsed, the base model's answer, the reference."""
-    from .tags import parse_answer
+    from .tags import parse_all
     with path.open("w", encoding="utf-8") as f:
-        for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):
-            parsed = parse_answer(answer)
+        parsed_answers = parse_all(tuned.answers, style, tuned.ended)
+        for i, (row, answer, parsed) in enumerate(zip(rows, tuned.answers, parsed_answers, strict=True)):
             line = {"question": row["Question"], "answer": answer, "status": parsed.status,
                     "thinking": parsed.thinking, "response": parsed.response, "reference": row["Response"]}
             if base_answers:

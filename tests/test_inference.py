@@ -26,9 +26,25 @@ COMPLETE_Q, THINK_ONLY_Q = PARROT_ANSWERS
     ("<think>a</think>\nan untagged answer", False, None),
     ("<think>a</think>\n<response>b</response>", False, None),
     ("no tags at all", True, None),
+    ("<think>a</think><response>" + "The same sentence is written again. " * 12, True, None),  # looping: not continued
 ])
 def test_next_step(text, hit_budget, step):
-    assert _next_step(text, hit_budget) == step
+    assert _next_step(text, hit_budget, STYLE) == step
+
+
+@pytest.mark.parametrize("style, text, hit_budget, step", [
+    ("huatuo", "## Thinking\n\nstill reasoning", True, "continue"),
+    ("huatuo", "## Thinking\n\nsteps\n\n## Final Response\n\nhalf an answ", True, "continue"),
+    ("huatuo", "## Thinking\n\nsteps\n\n## Final Response\n\n", False, None),  # no opening to write for it
+    ("huatuo", "## Thinking\n\nsteps\n\n## Final Response\n\nAn answer.", False, None),
+    ("r1", "steps so far", True, "continue"),  # the R1 template's prompt opened <think>
+    ("r1", "<think>\nsteps\n</think>\n\nThe answer, cut", True, "continue"),
+    ("r1", "<think>\nsteps\n</think>\n\nThe answer.", False, None),
+    ("plain", "An answer cut by the", True, "continue"),
+    ("plain", "A whole answer.", False, None),
+])
+def test_next_step_in_every_style(style, text, hit_budget, step):
+    assert _next_step(text, hit_budget, get_style(style)) == step
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +79,8 @@ def test_a_missing_response_is_opened_and_the_model_continues(parrot):
     opened = PARROT_ANSWERS[THINK_ONLY_Q] + "\n<response>\n"
     # Everything after the opening tag we added is what the model itself writes from there: no tag of ours.
     prompt = generation_prompt(parrot.tokenizer, THINK_ONLY_Q, STYLE) + opened
-    own, = generate(parrot.model, parrot.tokenizer, [prompt], max_new_tokens=16, batch_size=1, progress=False)
+    own, = generate(parrot.model, parrot.tokenizer, [prompt], max_new_tokens=16, batch_size=1, progress=False,
+                    stop_text="</response>")
     assert answer.text == (opened + own.text).strip()
     assert answer.status == parse_answer(answer.text).status
 
@@ -92,7 +109,7 @@ def test_batch_mode_end_to_end_on_a_trained_adapter(tiny_adapter, tmp_path):
     for row in rows:
         assert {"question", "thinking", "response", "status", "tokens", "seconds", "continuations"} <= set(row)
         assert row["status"] in {"complete", "think_unclosed", "response_missing", "response_unclosed", "no_tags",
-                                 "malformed"}
+                                 "malformed", "looping"}
         assert 0 < row["tokens"] <= 9 and row["seconds"] > 0
     incomplete = sum(r["status"] != "complete" for r in rows)
     assert result.returncode == (3 if incomplete else 0), result.stdout[-2000:]

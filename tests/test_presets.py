@@ -187,8 +187,8 @@ def test_early_stopping_needs_evaluations_with_checkpoints():
 def test_a_dry_run_checks_a_preset_and_a_dataset_without_loading_weights(tmp_path):
     """Offline, the preset's Hub tokenizer cannot be loaded: the dry run says so and still checks everything else."""
     out = tmp_path / "run"
-    result = run_script("--PRESET=llama-3.1-8b", "--DATASET=demo", "--DRY_RUN=True", "--BACKEND=transformers",
-                        "--REPORT_TO=none", f"--OUTPUT_DIR={out}", timeout=300)
+    result = run_script("--PRESET=llama-3.1-8b", "--DATASET=demo", "--VAL_SIZE=6", "--DRY_RUN=True",
+                        "--BACKEND=transformers", "--REPORT_TO=none", f"--OUTPUT_DIR={out}", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "PRESET                  = 'llama-3.1-8b' <- command line" in result.stdout
     assert "<- preset llama-3.1-8b" in result.stdout and "36 usable rows" in result.stdout

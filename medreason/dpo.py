@@ -1,0 +1,451 @@
+"""DPO after SFT: the policy is the SFT adapter on its base, the reference model is the same SFT adapter frozen.
+
+trl's DPOTrainer (1.15 and 1.16) has no model_adapter_name / ref_adapter_name settings: given a peft model that
+already holds a trained adapter ("default") and no ref_model, it adds an adapter named "ref" and copies the
+default adapter's weights into it, and computes the reference log-probabilities with "ref" active (trl.trainer.utils
+.use_adapter). So the SFT adapter is loaded once as the trainable "default"; "ref" is its frozen copy, the SFT model,
+not the raw base (which is what disabling every adapter would give). After training, "ref" is the SFT model and
+"default" the DPO model on the same base: the evaluation switches between them with set_adapter.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+
+POLICY, REFERENCE = "default", "ref"  # trl's names for the trained adapter and the frozen copy it makes
+
+
+# --- stage 1: the SFT adapter ------------------------------------------------------------------------------------
+
+def sft_facts(sft_adapter: str) -> tuple[Path, dict]:
+    """(adapter folder, its training_info.json), checked before anything loads."""
+    from .loading import fetch, read_training_info
+    path = Path(sft_adapter).expanduser()
+    looks_local = path.exists() or sft_adapter.startswith((".", "/", "~")) or sft_adapter.count("/") != 1
+    if looks_local and not (path / "adapter_config.json").is_file():
+        found = "no adapter_config.json in that folder" if path.is_dir() else "no such folder"
+        raise UserError(f"SFT_ADAPTER={sft_adapter!r}: {found}, so there is no SFT model to start from. Fix: train "
+                        f"one first (python medical_fine_tuning.py writes OUTPUT_DIR/adapter), or --SFT_ADAPTER=<that "
+                        f"adapter folder, or a Hub id of a published adapter>.")
+    try:
+        folder = fetch(sft_adapter)
+    except UserError as e:
+        raise UserError(f"SFT_ADAPTER={e}") from None
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"SFT_ADAPTER={sft_adapter!r} holds no adapter_config.json. Fix: the adapter folder of an SFT "
+                        f"run (OUTPUT_DIR/adapter).")
+    info = read_training_info(folder)
+    if not info:
+        print(f"[sft] {folder} has no training_info.json: its prompt is taken to be the default think_response style")
+    return folder, info
+
+
+def sft_style(info: dict):
+    """The prompt the SFT model was trained with (style and system prompt), as inference asks it."""
+    from .prompts import get_style
+    style = get_style(info.get("prompt_style", "think_response"))
+    return style.with_system_prompt(info["system_prompt"]) if info.get("system_prompt") else style
+
+
+def sft_base(folder: Path, info: dict) -> str:
+    """The base model under the SFT adapter: "embedded", a Hub id or a folder."""
+    from .loading import adapter_base
+    return adapter_base(folder, info)
+
+
+def sft_tokenizer(folder: Path, info: dict):
+    """The tokenizer saved with the SFT adapter (its chat template, date pinned), else its base model's."""
+    from .modeling import load_tokenizer, resolve_model_path
+    if (folder / "tokenizer_config.json").is_file():
+        return load_tokenizer(str(folder))
+    return load_tokenizer(resolve_model_path(sft_base(folder, info)))
+
+
+def load_policy(folder: Path, info: dict, plan, cfg):
+    """A peft model whose trainable "default" adapter is the SFT adapter, on the run's backend and in its one
+    precision decision; the base is 4-bit where the plan says so, as in SFT training."""
+    from peft import PeftModel
+
+    from .hardware import torch_dtype
+    from .modeling import resolve_model_path
+    base_path = resolve_model_path(sft_base(folder, info))
+    dtype = torch_dtype(plan.precision)
+    if plan.backend == "unsloth":
+        from unsloth import FastLanguageModel
+        model, _ = FastLanguageModel.from_pretrained(model_name=base_path, max_seq_length=cfg.MAX_SEQ_LENGTH,
+                                                     dtype=dtype, load_in_4bit=plan.load_in_4bit)
+    else:
+        model = _transformers_base(base_path, dtype, plan, cfg.GRADIENT_CHECKPOINTING)
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    print(f"[model] {base_path} + the SFT adapter {folder} (trainable) via {plan.backend}")
+    return model
+
+
+def _transformers_base(base_path: str, dtype, plan, gradient_checkpointing: bool):
+    import os
+
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    kwargs = {"dtype": dtype}
+    if plan.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        return prepare_model_for_kbit_training(AutoModelForCausalLM.from_pretrained(base_path, **kwargs),
+                                               use_gradient_checkpointing=gradient_checkpointing)
+    model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    return model if plan.device == "cpu" else model.to(plan.device)
+
+
+def for_generation(model, backend: str):
+    """Unsloth generates through its inference mode; transformers + peft as it is."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        FastLanguageModel.for_inference(model)
+    model.eval()
+
+
+def for_training(model, backend: str):
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        FastLanguageModel.for_training(model)
+    model.train()
+
+
+# --- stage 2: DPO ------------------------------------------------------------------------------------------------
+
+def trained_by(cfg, sft_folder: Path) -> dict:
+    """The settings that decide the DPO weights: a finished adapter with the same ones is not trained again, and a
+    checkpoint of other ones is not resumed."""
+    names = ("DATASET", "DATASET_CONFIG", "TRAIN_QUESTIONS", "EVAL_SAMPLES", "NUM_CANDIDATES", "TEMPERATURE", "TOP_P",
+             "MAX_NEW_TOKENS", "JUDGE", "JUDGE_MODEL", "MIN_MARGIN", "MAX_SEQ_LENGTH", "BETA", "LEARNING_RATE",
+             "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED")
+    return {"SFT_ADAPTER": str(sft_folder.resolve()), **{name: getattr(cfg, name) for name in names}}
+
+
+def run_info(cfg, plan, sft_folder: Path, sft_info: dict, style) -> dict:
+    """training_info.json of the DPO adapter: the SFT model's base and prompt (inference asks exactly as both stages
+    were trained), and both stages named."""
+    from .prompts import TEMPLATE_DATE
+    by = trained_by(cfg, sft_folder)
+    return {**sft_info, "model_name": sft_info.get("model_name", by["SFT_ADAPTER"]), "prompt_style": style.name,
+            "system_prompt": style.system_prompt, "template_date": sft_info.get("template_date", TEMPLATE_DATE),
+            "max_seq_length": cfg.MAX_SEQ_LENGTH, "backend": plan.backend, "precision": plan.precision,
+            "load_in_4bit": plan.load_in_4bit, "trained_by": by,
+            "stages": [{"stage": "sft", "trainer": "trl SFTTrainer", "adapter": by["SFT_ADAPTER"],
+                        "trained_by": sft_info.get("trained_by", {})},
+                       {"stage": "dpo", "trainer": "trl DPOTrainer", "reference_model": "the SFT adapter (frozen)",
+                        "judge": cfg.JUDGE if cfg.JUDGE != "model" else f"model {cfg.JUDGE_MODEL}",
+                        "trained_by": by}]}
+
+
+def build_dpo_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
+    """trl's DPOConfig, built (and so checked by transformers and trl) before any model loads."""
+    from trl import DPOConfig
+    try:
+        return DPOConfig(
+            output_dir=str(checkpoint_dir),
+            beta=cfg.BETA,  # how far the policy may move from the SFT model: higher = closer
+            max_length=cfg.MAX_SEQ_LENGTH,  # prompt + answer; longer answers lose their end (keep_start)
+            per_device_train_batch_size=cfg.BATCH_SIZE,
+            gradient_accumulation_steps=cfg.GRAD_ACCUM,
+            max_steps=cfg.MAX_STEPS,
+            learning_rate=cfg.LEARNING_RATE,
+            lr_scheduler_type=cfg.LR_SCHEDULER,
+            warmup_steps=cfg.WARMUP_STEPS,
+            weight_decay=cfg.WEIGHT_DECAY,
+            optim=plan.optim,
+            fp16=plan.precision == "fp16",  # the run's one precision decision: fp16 on a T4, never bf16 there
+            bf16=plan.precision == "bf16",
+            use_cpu=plan.device == "cpu",
+            gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING and plan.backend == "transformers",  # Unsloth: its own
+            save_strategy="steps",
+            save_steps=cfg.SAVE_STEPS,
+            save_total_limit=cfg.SAVE_TOTAL_LIMIT,
+            logging_steps=cfg.LOGGING_STEPS,
+            logging_first_step=True,
+            report_to=report_to,
+            run_name=Path(cfg.OUTPUT_DIR).name,
+            seed=cfg.SEED,
+            dataset_num_proc=1,
+        )
+    except ValueError as e:  # transformers and trl check values and combinations in __post_init__
+        raise UserError(f"the DPO trainer refused these settings: {str(e).splitlines()[0]} Fix: change the setting "
+                        f"it names (the constants at the top of preference_tuning.py).") from None
+
+
+def build_trainer(model, tokenizer, examples: list[dict], dpo_config, backend: str):
+    """trl's DPOTrainer on the pairs; the reference model is the SFT adapter's frozen copy ("ref")."""
+    from datasets import Dataset
+
+    from .training import guard_checkpoint_saves
+    if backend == "unsloth":  # as Unsloth documents for DPO: patch before the trainer is built
+        from unsloth import PatchDPOTrainer
+        PatchDPOTrainer()
+    from trl import DPOTrainer
+    trainer = DPOTrainer(model=model, args=dpo_config, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer)
+    if REFERENCE not in trainer.model.peft_config:
+        raise RuntimeError("trl's DPOTrainer did not add its frozen 'ref' copy of the SFT adapter (see this module's "
+                           "docstring); the reference model would be the raw base model.")
+    guard_checkpoint_saves(trainer)
+    return trainer
+
+
+def resume_point(checkpoint_dir: Path, by: dict) -> str | None:
+    """The newest complete checkpoint, if it was trained with these very settings (else a UserError); None when
+    there is none or training already finished."""
+    from .training import RUN_INFO, finished_step, last_checkpoint
+    checkpoint = last_checkpoint(checkpoint_dir)
+    if checkpoint:
+        saved_path = checkpoint_dir / RUN_INFO
+        saved = json.loads(saved_path.read_text()).get("trained_by") if saved_path.is_file() else None
+        differences = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in json.loads(json.dumps(by)).items()
+                       if saved is not None and saved.get(k) != v]
+        if saved is None or differences:
+            raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(differences) or 'unknown'}), "
+                            f"so this run cannot resume from it. Fix: another --OUTPUT_DIR, delete {checkpoint_dir} "
+                            f"to start over, or pass the settings it was trained with.")
+    if finished_step(checkpoint_dir.parent, by) is not None:
+        return None
+    if checkpoint:
+        print(f"[dpo] resuming from {checkpoint} (delete {checkpoint_dir} to start over)")
+    return checkpoint
+
+
+def reusable_pairs(out: Path, info: dict) -> list | None:
+    """The pairs an earlier run of these very settings wrote and began training on (its checkpoints or its finished
+    adapter say so): a resumed run trains on exactly those, without writing candidates again."""
+    from .preference import PAIRS_FILE, read_source
+    from .training import RUN_INFO, finished_step
+    path, run_info_path = out / PAIRS_FILE, out / "checkpoints" / RUN_INFO
+    began = run_info_path.is_file() and json.loads(run_info_path.read_text()).get("trained_by") == \
+        json.loads(json.dumps(info["trained_by"]))
+    if not path.is_file() or not (began or finished_step(out, info["trained_by"]) is not None):
+        return None
+    print(f"[pairs] reusing {path}, written by the run being resumed")
+    return read_source(str(path))[1]
+
+
+def train(trainer, resume: str | None, out: Path, info: dict):
+    """training.train (resume, finished-run reuse, Ctrl-C keeps the adapter), with the checkpoint's DPO adapter
+    restored first: a checkpoint holding two adapters ("ref" in a subfolder) makes transformers' Trainer load only
+    the subfolder ones, which would silently restart "default" from the SFT weights."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from . import training
+    if resume:
+        set_peft_model_state_dict(trainer.model, load_file(Path(resume) / "adapter_model.safetensors"),
+                                  adapter_name=POLICY)
+    return training.train(trainer, resume, out, info)
+
+
+def save(model, tokenizer, folder: Path, info: dict) -> Path:
+    """The DPO adapter alone (modeling.save_adapter writes every adapter; the "ref" copy of SFT is not kept)."""
+    from .modeling import save_adapter
+    saved = save_adapter(model, tokenizer, folder, info)
+    shutil.rmtree(saved / REFERENCE, ignore_errors=True)
+    return saved
+
+
+def margins(log_history: list[dict]) -> tuple[float | None, float | None]:
+    """trl's logged rewards/margins (chosen minus rejected implicit reward) at the first and the last log."""
+    values = [e["rewards/margins"] for e in log_history if "rewards/margins" in e]
+    return (values[0], values[-1]) if values else (None, None)
+
+
+# --- evaluation: SFT vs DPO ----------------------------------------------------------------------------------------
+
+def answer_with(model, adapter: str, tokenizer, questions, kind: str, style, max_new_tokens: int, batch_size: int,
+                seed: int):
+    """One stage's answers and metrics (evaluation.score), with its adapter active: nothing is loaded twice."""
+    from .evaluation import ModelAnswers, mean_metric, score
+    from .generation import generate
+    from .metrics import compliance_flags
+    from .prompts import generation_prompt
+    model.set_adapter(adapter, inference_mode=True)
+    label = f"{'SFT' if adapter == REFERENCE else 'DPO'} model answering"
+    if kind in ("reasoning", "mcq"):
+        return score(model, tokenizer, [q.row for q in questions], kind, style, max_new_tokens, batch_size, label,
+                     seed)
+    prompts = [generation_prompt(tokenizer, q.text, style) for q in questions]
+    answers = [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=label)]
+    return ModelAnswers(answers, {"format_compliance": mean_metric(compliance_flags(answers), seed=seed)})
+
+
+def compare_stages(model, tokenizer, questions, kind: str, style, max_new_tokens: int, batch_size: int,
+                   seed: int) -> dict:
+    """{"sft": ModelAnswers, "dpo": ModelAnswers} on the held-out questions, greedy, the same prompts."""
+    results = {name: answer_with(model, adapter, tokenizer, questions, kind, style, max_new_tokens, batch_size, seed)
+               for name, adapter in (("sft", REFERENCE), ("dpo", POLICY))}
+    model.set_adapter(POLICY, inference_mode=True)
+    return results
+
+
+def win_rate(judge, questions, results: dict, style) -> dict:
+    """The judge's verdict on each held-out question's SFT and DPO answers: DPO wins, ties, losses, and the win
+    rate (ties count half) over the questions with two readable verdicts."""
+    from .judging import judge_answers
+    from .tags import parse_answer
+    verdicts = {}
+    for name in ("sft", "dpo"):
+        answers = results[name].answers
+        verdicts[name] = judge_answers(judge, questions, answers, [parse_answer(a, style).complete for a in answers])
+    outcome = {"wins": 0, "ties": 0, "losses": 0, "unreadable": 0}
+    for sft, dpo in zip(verdicts["sft"], verdicts["dpo"]):
+        key = ("unreadable" if not (sft.readable and dpo.readable) else "wins" if dpo.score > sft.score
+               else "losses" if dpo.score < sft.score else "ties")
+        outcome[key] += 1
+    judged = outcome["wins"] + outcome["ties"] + outcome["losses"]
+    outcome["win_rate"] = (outcome["wins"] + outcome["ties"] / 2) / judged if judged else None
+    outcome["judge"] = judge.label
+    outcome["verdicts"] = {name: [[v.score, v.said] for v in vs] for name, vs in verdicts.items()}
+    return outcome
+
+
+
+def evaluate(model, tokenizer, questions, kind: str, style, cfg, plan, base: str, judge, out: Path,
+             log_history: list[dict]) -> dict | None:
+    """SFT vs DPO on the held-out questions (evaluation.score per adapter) and the judge's win rate, written to
+    OUTPUT_DIR/evaluation/. A judge whose weights were released for DPO is loaded again."""
+    from .judging import ModelJudge, load_judge
+    if not questions:
+        print("[evaluate] no held-out questions (EVAL_SAMPLES=0): no SFT vs DPO comparison")
+        return None
+    for_generation(model, plan.backend)
+    results = compare_stages(model, tokenizer, questions, kind, style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
+                             cfg.SEED)
+    if judge is None or (isinstance(judge, ModelJudge) and judge.model is None):
+        judge = load_judge(cfg, plan, model, tokenizer, base)
+    win = win_rate(judge, questions, results, style)
+    report = write_report(out / "evaluation", results, win, questions,
+                          {"data": cfg.DATASET or "the SFT run's validation.jsonl", "kind": kind,
+                           "max_new_tokens": cfg.MAX_NEW_TOKENS}, log_history)
+    print(f"[evaluate] SFT vs DPO -> {report}")
+    return comparison_json(results, win)
+
+
+def run_metrics(comparison: dict | None, counts: dict, log_history: list[dict], train_loss) -> dict:
+    """results.json's headline numbers: the DPO model's metrics, SFT's beside them, the pairs and the margins."""
+    first, last = margins(log_history)
+    metrics = {"pairs": counts.get("pairs"), "train_loss": train_loss, "rewards_margin_first": first,
+               "rewards_margin_last": last}
+    if comparison:
+        for name in comparison["dpo"]:
+            metrics[name], metrics[f"sft_{name}"] = comparison["dpo"][name]["value"], comparison["sft"][name]["value"]
+        metrics["judge_win_rate"] = (comparison.get("judge_win_rate") or {}).get("win_rate")
+    return metrics
+
+# --- report and card ---------------------------------------------------------------------------------------------
+
+STAGE_NOTE = ("SFT = the supervised adapter (trl's SFTTrainer on medical chains of thought), DPO = the same adapter "
+              "after trl's DPOTrainer on chosen/rejected pairs of its own sampled answers, scored by the judge; the "
+              "DPO reference model is the SFT adapter, frozen. Same questions, same prompt, greedy decoding.")
+
+
+def comparison_json(results: dict, win: dict | None) -> dict:
+    table = {name: answers.metrics for name, answers in results.items()}
+    table["difference"] = {m: results["dpo"].metrics[m]["value"] - results["sft"].metrics[m]["value"]
+                           for m in results["dpo"].metrics}
+    if win:
+        table["judge_win_rate"] = {k: v for k, v in win.items() if k != "verdicts"}
+    return table
+
+
+def write_report(out_dir: Path, results: dict, win: dict | None, questions, meta: dict,
+                 log_history: list[dict]) -> Path:
+    """evaluation/results.json, report.md and loss_curve.png: SFT vs DPO on the held-out questions."""
+    from .report import ORDER, _fmt, plot_loss_curve
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**meta, **comparison_json(results, win)}
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    loss = plot_loss_curve(log_history, out_dir / "loss_curve.png")
+    first, last = margins(log_history)
+    lines = ["# SFT vs DPO", "", f"Data: {meta.get('data', '?')} (n = {len(questions)} held-out questions). "
+             + STAGE_NOTE + " Each cell: value [95% bootstrap interval].", "",
+             "| metric | SFT | DPO | difference |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(results['sft'].metrics[name])} | {_fmt(results['dpo'].metrics[name])} | "
+              f"{payload['difference'][name]:+.3f} |" for name in ORDER if name in results["dpo"].metrics]
+    lines += ["", win_sentence(win), ""]
+    if first is not None:
+        lines += [f"DPO training: trl's rewards/margins (chosen minus rejected implicit reward, beta x log-ratio to "
+                  f"the SFT model) went from {first:.4f} at the first log to {last:.4f} at the last.", ""]
+    lines += (["![loss curve](loss_curve.png)", ""] if loss else []) + ["## Side by side", ""]
+    lines += side_by_side(questions, results, win)
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def win_sentence(win: dict | None) -> str:
+    if not win:
+        return "No judge win rate (no held-out questions)."
+    rate = "n/a" if win["win_rate"] is None else f"{win['win_rate']:.2f}"
+    return (f"Judge ({win['judge']}) win rate of DPO over SFT: {rate} ({win['wins']} wins, {win['ties']} ties, "
+            f"{win['losses']} losses, {win['unreadable']} without two readable verdicts; ties count half). An "
+            f"incomplete answer scores 0. A small judge is a weak judge: read its verdicts below before its rate.")
+
+
+def side_by_side(questions, results: dict, win: dict | None, count: int = 3, width: int = 700) -> list[str]:
+    def cut(text):
+        return text if len(text) <= width else text[:width] + " …"
+    lines = []
+    for i, question in enumerate(questions[:count]):
+        lines += [f"### Example {i + 1}", "", f"**Question:** {cut(question.text)}", ""]
+        if question.reference:
+            lines += [f"**Reference:** {cut(question.reference)}", ""]
+        for name in ("sft", "dpo"):
+            verdict = f" (judge: {win['verdicts'][name][i][1]})" if win else ""
+            lines += [f"**{name.upper()}{verdict}:**", "", "```text", cut(results[name].answers[i]), "```", ""]
+    return lines
+
+
+def card_section(info: dict, pair_counts: dict, comparison: dict | None) -> str:
+    """The model card's account of both stages: what each trained on and what the evaluation measured."""
+    sft, dpo = info["stages"][0]["trained_by"], info["stages"][1]["trained_by"]
+    lines = ["## Training: two stages", "",
+             f"1. **SFT** (trl `SFTTrainer`, `medical_fine_tuning.py`): a LoRA adapter on {info['model_name']} "
+             f"trained on {sft.get('DATASET', 'medical chain-of-thought rows')} ({sft.get('MAX_STEPS', '?')} updates "
+             f"at learning rate {sft.get('LEARNING_RATE', '?')}), answering as `{info['prompt_style']}`.",
+             f"2. **DPO** (trl `DPOTrainer`, `preference_tuning.py`): the SFT model wrote {dpo['NUM_CANDIDATES']} "
+             f"sampled answers per question (temperature {dpo['TEMPERATURE']}, top-p {dpo['TOP_P']}); the judge "
+             f"({info['stages'][1]['judge']}) scored each from 0 to 1 (factual accuracy, completeness, key points; "
+             f"an incomplete answer scores 0); the best became *chosen*, the worst *rejected*. "
+             f"{pair_counts.get('pairs', '?')} pairs ({pair_counts.get('tie', 0)} ties and "
+             f"{pair_counts.get('near_tie', 0)} margins below {dpo['MIN_MARGIN']} dropped); beta {dpo['BETA']}, "
+             f"{dpo['MAX_STEPS']} updates at learning rate {dpo['LEARNING_RATE']}. The reference model of DPO is the "
+             f"SFT adapter (frozen), so DPO moves away from the SFT model, not from the raw base.", ""]
+    if comparison:
+        lines += ["| metric | SFT | DPO |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {comparison['sft'][name]['value']:.3f} | {comparison['dpo'][name]['value']:.3f} |"
+                  for name in comparison["dpo"]]
+        win = comparison.get("judge_win_rate")
+        if win:
+            lines += ["", win_sentence(win)]
+    return "\n".join(lines)
+
+
+def write_card(out: Path, info: dict, pair_counts: dict, comparison: dict | None) -> Path:
+    """OUTPUT_DIR/model_card.md: huggingface_hub's ModelCard (metadata + body) for the DPO adapter."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .embedded import EMBEDDED, EMBEDDED_HUB_ID
+    from .publishing import license_for
+    base = EMBEDDED_HUB_ID if info["model_name"] == EMBEDDED else info["model_name"]
+    data = ModelCardData(base_model=base, library_name="peft", license=license_for(base), language=["en"],
+                         pipeline_tag="text-generation", model_name=out.name,
+                         tags=["medical", "reasoning", "lora", "sft", "dpo", "rlaif", "trl"])
+    body = (f"# {out.name}\n\nA LoRA adapter for **{base}**, trained in two stages: supervised fine-tuning, then "
+            f"DPO on pairs of its own answers judged by an AI judge.\n\n> **Not medical advice.** For education and "
+            f"research only; it can be wrong, and it was not reviewed by clinicians.\n\n"
+            f"{card_section(info, pair_counts, comparison)}\n\n## How to use\n\n```bash\npython inference.py "
+            f"--adapter {out / 'adapter'} --question \"…\"\n```\n\nThe adapter's training_info.json keeps the SFT "
+            f"prompt (style `{info['prompt_style']}` and its system prompt), so it is asked exactly as trained.\n")
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    path = out / "model_card.md"
+    card.save(path)
+    return path
