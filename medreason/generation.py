@@ -113,9 +113,9 @@ _MEASURED: dict[int, tuple[str, str]] = {}
 
 
 def choose_engine(engine: str, model, tokenizer, texts: list[str], sampling: Sampling, streamer=None,
-                  min_new_tokens: int = 0) -> tuple[str, str]:
-    """(engine, why). On a CPU continuous batching is taken where it applies (bench/RESULTS.md); on a GPU both engines
-    are timed once per model on the first prompts and the faster is kept."""
+                  min_new_tokens: int = 0, on_gpu: bool | None = None) -> tuple[str, str]:
+    """(engine, why). On a CPU continuous batching is taken where it applies (bench/RESULTS.md); on a GPU (on_gpu:
+    default, where the model is) both engines are timed once per model on the first prompts and the faster is kept."""
     if engine not in ENGINES:
         raise UserError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}.")
     if engine == "batched":
@@ -127,7 +127,7 @@ def choose_engine(engine: str, model, tokenizer, texts: list[str], sampling: Sam
         return "batched", f"continuous batching does not apply: {why_not}"
     if engine == "continuous":
         return "continuous", "asked for"
-    if model.device.type != "cuda" or len(texts) < 2:
+    if not (model.device.type == "cuda" if on_gpu is None else on_gpu) or len(texts) < 2:
         return "continuous", ("finished answers free their seats and the cache is paged, not copied: "
                               f"{_CPU_RATIO} one-by-one on this project's CPU benchmark")
     if id(model) not in _MEASURED:
