@@ -5,7 +5,7 @@
     python medical_fine_tuning.py --PRESET=llama-3.1-8b   # a preset (configs/*.yaml) sets many; --NAME=value wins
     python medical_fine_tuning.py --DRY_RUN=True      # check settings, data and lengths; load no model weights
     python medical_fine_tuning.py                     # no GPU, no internet: the same command runs an offline demo
-    accelerate launch medical_fine_tuning.py          # more than one GPU
+    accelerate launch --config_file configs/accelerate/ddp.yaml medical_fine_tuning.py   # several GPUs (README)
 
 Edit the constants below, then read main() top to bottom: data -> preflight -> model -> train -> save -> evaluate.
 """
@@ -41,7 +41,9 @@ MAX_THINK_WORDS: int | None = None  # None = whole chains of thought; N = keep o
 
 # --- training --------------------------------------------------------------------------------------------------------
 BATCH_SIZE = 1  # rows per device per step; 1-2 on a T4 for a 3B model
-GRAD_ACCUM = 8  # steps accumulated per optimizer update: effective batch = BATCH_SIZE x GRAD_ACCUM
+GRAD_ACCUM = 8  # steps accumulated per optimizer update: effective batch = processes x BATCH_SIZE x GRAD_ACCUM
+GLOBAL_BATCH: int | None = None  # rows per optimizer update over all processes; set, it fixes GRAD_ACCUM so moving
+#                                  from 1 to N GPUs keeps the recipe (e.g. 8 = 1 GPU x 1 x 8 = 4 GPUs x 1 x 2)
 GROUP_BY_LENGTH = True  # batch rows of similar length together (less padding); no effect at BATCH_SIZE=1
 MAX_STEPS = 200  # optimizer updates (200 x 8 = 1,600 rows)
 LEARNING_RATE = 2e-4  # the LoRA rate of Unsloth's recipes; 1e-5 is a full-fine-tuning rate and leaves a LoRA untrained
@@ -89,12 +91,13 @@ def print_settings(cfg, origins, plan):
 
 
 def main(argv):
-    from medreason import data, errors, evaluation, exports, preflight, prompts, publishing, runtime, settings, \
-        tracking, training
+    from medreason import data, distributed, errors, evaluation, exports, preflight, prompts, publishing, runtime, \
+        settings, tracking, training
     from medreason.modeling import load_for_training, resolve_model_path, save_adapter, trainable_summary
     from medreason.results import Clock, write_run
 
     clock = Clock()
+    distributed.quiet_other_processes()  # under accelerate launch, one process prints and writes
     cfg, origins = settings.resolve(globals(), argv, automatic=runtime.automatic_preset)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")  # for a crash report
     tracking.load_secrets()  # HF_TOKEN, WANDB_API_KEY from .env; never printed
@@ -110,8 +113,9 @@ def main(argv):
     sft_config = training.build_sft_config(cfg, plan, report_to, out / "checkpoints")
 
     # 1. Data: read, validate, split and format as examples in the prompt style, before any model is loaded.
-    tokenizer = preflight.tokenizer_for(model_path, dry_run=cfg.DRY_RUN)
-    prepared = data.prepare_training_data(cfg, style, tokenizer)
+    with distributed.main_process_first():  # one download per machine; the others read the cache
+        tokenizer = preflight.tokenizer_for(model_path, dry_run=cfg.DRY_RUN)
+        prepared = data.prepare_training_data(cfg, style, tokenizer)
 
     # 2. Preflight: token lengths with the model's own tokenizer; a checkpoint to resume must fit this run.
     preflight.check_training_data(prepared, tokenizer, cfg.MAX_SEQ_LENGTH)
@@ -135,14 +139,16 @@ def main(argv):
     train_result = training.train(trainer, resume, out, info)
     clock.lap("train")
 
-    # 5. Save the adapter before anything else can fail.
-    adapter_dir = save_adapter(model, tokenizer, out / "adapter", info)
-    print(f"[save] adapter and tokenizer -> {adapter_dir}")
+    # 5. Save the adapter before anything else can fail (the main process writes it; the others wait).
+    adapter_dir = training.save_final_adapter(trainer, model, tokenizer, out / "adapter", info)
 
-    # 6. Evaluate: eval loss, then base (adapter disabled) vs tuned answers to held-out questions.
+    # 6. Evaluate: eval loss, then base (adapter disabled) vs tuned answers to held-out questions, shared out
+    #    over the processes when there are several.
     comparison, eval_loss, sample = evaluation.evaluate_run(trainer, model, tokenizer, plan.backend,
                                                              prepared.val_rows, style, cfg, out)
     clock.lap("evaluate")
+    if not distributed.is_main():  # everything from here on is written by the main process alone
+        return {}, True, True
     results_path, metrics = write_run(out, cfg, plan, clock.timings(), comparison, eval_loss,
                                       train_result.training_loss, sample, prepared.val_rows, prepared.info, style)
 

@@ -1,12 +1,14 @@
-"""Evaluation generation: our batched, length-sorted generation vs one answer at a time.
+"""Evaluation generation: one answer at a time vs the batched path vs continuous batching (medreason/generation.py).
 
-    python bench/eval_generation.py --questions 32 --max-new-tokens 64     # quick
+    python bench/eval_generation.py --questions 32 --max-new-tokens 48     # quick
     python bench/eval_generation.py --questions 32 --max-new-tokens 256    # full size (RESULTS.md)
 
-Same model (the embedded SmolLM2-135M, transformers, fp32), same real questions, same token budget, greedy.
-Batched = all 32 questions in one batch, as the trainer and evaluate.py do whenever EVAL_BATCH_SIZE covers the
-questions (the GPU default is 8; on a CPU the trainer answers 4). bench/profile_generation.py shows why the
-batch size matters on a CPU: the time per decoding step grows with the batch, so the gain is below the batch size.
+Same model (the embedded SmolLM2-135M, transformers, fp32), same real questions, same token budget, greedy, each
+answer stopping at its end of turn or its closed </response>, as evaluation does. The three runs alternate in one
+invocation (one_by_one, batched, continuous), and their answers are checked token-identical.
+  one_by_one   model.generate, one question at a time
+  batched      model.generate on left-padded batches of --batch-size (the fallback engine)
+  continuous   transformers' continuous batching with --batch-size seats (the default engine)
 """
 import argparse
 import json
@@ -17,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import SHARED_SAMPLE, save  # noqa: E402
+
+RUNS = (("one_by_one", "batched", 1), ("batched", "batched", None), ("continuous", "continuous", None))
 
 
 def main(argv=None) -> dict:
@@ -30,23 +34,33 @@ def main(argv=None) -> dict:
     from medreason.generation import generate
     from medreason.modeling import load_tokenizer, resolve_model_path
     from medreason.prompts import generation_prompt, get_style
+    from medreason.tags import closing_marker
     path = resolve_model_path("embedded")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), load_tokenizer(path)
+    style = get_style("think_response")
     rows = [json.loads(line) for line in SHARED_SAMPLE.read_text().splitlines()][:args.questions]
-    prompts = [generation_prompt(tokenizer, r["Question"], get_style("think_response")) for r in rows]
-    timings = {}
-    for label, batch in (("one_by_one", 1), ("batched", args.batch_size)):
+    prompts = [generation_prompt(tokenizer, r["Question"], style) for r in rows]
+    timings, answers = {}, {}
+    for label, engine, batch in RUNS:
         start = time.time()
-        outs = generate(model, tokenizer, prompts, args.max_new_tokens, batch, progress=False)
+        outs = generate(model, tokenizer, prompts, args.max_new_tokens, batch or args.batch_size, progress=False,
+                        engine=engine, stop_text=closing_marker(style))
         seconds = time.time() - start
+        answers[label] = outs
         timings[label] = {"seconds": seconds, "answers_per_minute": 60 * len(prompts) / seconds,
                           "new_tokens": sum(o.tokens for o in outs)}
         print(f"{label:<11} {seconds:7.1f} s  {timings[label]['answers_per_minute']:6.1f} answers/min  "
               f"{timings[label]['new_tokens']} tokens")
-    ratio = timings["batched"]["answers_per_minute"] / timings["one_by_one"]["answers_per_minute"]
-    print(f"evaluation generation, batched / one-by-one: {ratio:.2f}x (target >= 5x)")
+    same = {label: sum(a == b for a, b in zip(answers[label], answers["one_by_one"])) for label in answers}
+    ratios = {label: timings[label]["answers_per_minute"] / timings["one_by_one"]["answers_per_minute"]
+              for label in ("batched", "continuous")}
+    print(f"answers identical to one-by-one: batched {same['batched']}/{len(prompts)}, "
+          f"continuous {same['continuous']}/{len(prompts)}")
+    print(f"evaluation generation, batched / one-by-one: {ratios['batched']:.2f}x; continuous / one-by-one: "
+          f"{ratios['continuous']:.2f}x (target >= 5x)")
     result = {"questions": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-              **timings, "ratio": ratio}
+              **timings, "identical_to_one_by_one": same, "ratio_batched": ratios["batched"],
+              "ratio": ratios["continuous"]}
     save("eval_generation", result)
     return result
 

@@ -121,7 +121,8 @@ def trained_by(cfg, sft_folder: Path) -> dict:
     """The settings that decide the DPO weights: a finished adapter with the same ones is not trained again, and a
     checkpoint of other ones is not resumed."""
     names = ("DATASET", "DATASET_CONFIG", "TRAIN_QUESTIONS", "EVAL_SAMPLES", "NUM_CANDIDATES", "TEMPERATURE", "TOP_P",
-             "MAX_NEW_TOKENS", "JUDGE", "JUDGE_MODEL", "MIN_MARGIN", "MAX_SEQ_LENGTH", "BETA", "LEARNING_RATE",
+             "MAX_NEW_TOKENS", "JUDGE", "JUDGE_MODEL", "JUDGE_MAX_NEW_TOKENS", "JUDGE_SAMPLES", "JUDGE_TEMPERATURE",
+             "MIN_MARGIN", "MAX_SEQ_LENGTH", "BETA", "LEARNING_RATE",
              "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED")
     return {"SFT_ADAPTER": str(sft_folder.resolve()), **{name: getattr(cfg, name) for name in names}}
 
@@ -267,14 +268,18 @@ def answer_with(model, adapter: str, tokenizer, questions, kind: str, style, max
     from .generation import generate
     from .metrics import compliance_flags
     from .prompts import generation_prompt
+    from .tags import closing_marker
     model.set_adapter(adapter, inference_mode=True)
     label = f"{'SFT' if adapter == REFERENCE else 'DPO'} model answering"
     if kind in ("reasoning", "mcq"):
         return score(model, tokenizer, [q.row for q in questions], kind, style, max_new_tokens, batch_size, label,
                      seed)
-    prompts = [generation_prompt(tokenizer, q.text, style) for q in questions]
-    answers = [g.text.strip() for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=label)]
-    return ModelAnswers(answers, {"format_compliance": mean_metric(compliance_flags(answers), seed=seed)})
+    prompts = [generation_prompt(tokenizer, q.text, style) for q in questions]  # questions alone: form only
+    generated = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=label,
+                         stop_text=closing_marker(style))
+    answers, ended = [g.text.strip() for g in generated], [g.ended for g in generated]
+    return ModelAnswers(answers, {"format_compliance": mean_metric(compliance_flags(answers, style, ended),
+                                                                   seed=seed)}, ended)
 
 
 def compare_stages(model, tokenizer, questions, kind: str, style, max_new_tokens: int, batch_size: int,
@@ -293,8 +298,9 @@ def win_rate(judge, questions, results: dict, style) -> dict:
     from .tags import parse_answer
     verdicts = {}
     for name in ("sft", "dpo"):
-        answers = results[name].answers
-        verdicts[name] = judge_answers(judge, questions, answers, [parse_answer(a, style).complete for a in answers])
+        answers, ended = results[name].answers, results[name].ended or [True] * len(results[name].answers)
+        complete = [parse_answer(a, style, e).complete for a, e in zip(answers, ended)]
+        verdicts[name] = judge_answers(judge, questions, answers, complete)
     outcome = {"wins": 0, "ties": 0, "losses": 0, "unreadable": 0}
     for sft, dpo in zip(verdicts["sft"], verdicts["dpo"]):
         key = ("unreadable" if not (sft.readable and dpo.readable) else "wins" if dpo.score > sft.score
@@ -320,7 +326,7 @@ def evaluate(model, tokenizer, questions, kind: str, style, cfg, plan, base: str
     results = compare_stages(model, tokenizer, questions, kind, style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
                              cfg.SEED)
     if judge is None or (isinstance(judge, ModelJudge) and judge.model is None):
-        judge = load_judge(cfg, plan, model, tokenizer, base)
+        judge = load_judge(cfg, plan, style, model, tokenizer, base)
     win = win_rate(judge, questions, results, style)
     report = write_report(out / "evaluation", results, win, questions,
                           {"data": cfg.DATASET or "the SFT run's validation.jsonl", "kind": kind,

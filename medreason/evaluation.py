@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .choices import extract_choice, mcq_question
 from .data import FIELDS
+from .distributed import is_main, on_every_share
 from .errors import UserError
 from .generation import generate
 from .metrics import compliance_flags, rouge_l_scores
@@ -130,16 +131,17 @@ def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max
           desc: str, seed: int = 0, engine: str = "auto") -> ModelAnswers:
     """Generate answers to the rows (greedy, with the generation engine) and compute the metrics of one model."""
     prompts = [generation_prompt(tokenizer, q, style) for q in questions_for(rows, kind)]
-    generated = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc, engine=engine,
-                         stop_text=closing_marker(style))
+    generated = on_every_share(prompts, lambda part: generate(  # each process answers its share (one: all)
+        model, tokenizer, part, max_new_tokens, batch_size, desc=desc, engine=engine, stop_text=closing_marker(style),
+        progress=is_main()))
     answers, ended = [g.text.strip() for g in generated], [g.ended for g in generated]
     result = ModelAnswers(answers, ended=ended)
     result.metrics["format_compliance"] = mean_metric(compliance_flags(answers, style, ended), seed=seed)
     if kind == "reasoning":
         rouge = rouge_l_scores(answers, [row["Response"] for row in rows], style, ended)
         result.metrics["rouge_l"] = mean_metric(rouge, seed=seed)
-        result.metrics["perplexity"] = perplexity_metric(answer_nll(model, tokenizer, rows, style, batch_size),
-                                                         seed=seed)
+        nll = on_every_share(rows, lambda part: answer_nll(model, tokenizer, part, style, batch_size))
+        result.metrics["perplexity"] = perplexity_metric(nll, seed=seed)
     else:
         letters = [extract_choice(a, row["options"], style) for a, row in zip(answers, rows)]
         result.metrics["accuracy"] = mean_metric(
@@ -170,7 +172,8 @@ def evaluate_held_out(model, tokenizer, rows: list[dict], style: PromptStyle, ma
         return {}
     results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed,
                       engine=engine)
-    write_report(out_dir, results, rows, "reasoning", meta, log_history)
+    if is_main():
+        write_report(out_dir, results, rows, "reasoning", meta, log_history)
     return results
 
 
@@ -182,8 +185,9 @@ def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: Promp
     from .errors import set_run_context
     from .training import final_eval_loss
     set_run_context(step="6. evaluate (the adapter is saved)")
-    eval_loss = final_eval_loss(trainer) if val_rows else None
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    eval_loss = final_eval_loss(trainer) if val_rows else None  # every process takes part
+    if is_main():
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if backend == "unsloth":
         from unsloth import FastLanguageModel
         FastLanguageModel.for_inference(model)

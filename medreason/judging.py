@@ -89,40 +89,52 @@ def rubric_messages(question: str, answer: str, reference: str | None) -> list[d
 
 
 class ModelJudge:
-    """A chat model asked with the rubric, greedy, its reply opened with "Score:" (VERDICT_OPENING)."""
+    """A chat model asked with the rubric, its reply opened with "Score:" (VERDICT_OPENING). One greedy verdict per
+    answer, or with samples > 1 that many sampled verdicts averaged over the readable ones (self-consistency: a
+    judge that writes the same number for every answer, as a 135M model does, then still ranks them)."""
 
     name = "model"
 
     def __init__(self, model, tokenizer, label: str, max_new_tokens: int = 16, batch_size: int = 8,
-                 disable_adapter: bool = False):
+                 disable_adapter: bool = False, samples: int = 1, temperature: float = 1.0, seed: int = 0):
         self.model, self.tokenizer, self.label = model, tokenizer, label
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.disable_adapter = disable_adapter  # the judge is the policy's own base model: its adapter switched off
+        self.samples, self.temperature, self.seed = samples, temperature, seed
 
     def score(self, questions, answers: list[str]) -> list[Verdict]:
         import contextlib
 
-        from .generation import generate
+        from .generation import GREEDY, Sampling, generate
         texts = [self.tokenizer.apply_chat_template(rubric_messages(q.text, a, q.reference), tokenize=False,
                                                     add_generation_prompt=True) + VERDICT_OPENING
-                 for q, a in zip(questions, answers, strict=True)]
+                 for q, a in zip(questions, answers, strict=True) for _ in range(self.samples)]
+        sampling = GREEDY if self.samples == 1 else Sampling(do_sample=True, temperature=self.temperature, top_p=1.0)
         context = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
         with context:
-            outs = generate(self.model, self.tokenizer, texts, self.max_new_tokens, self.batch_size,
-                            desc="judging", progress=len(texts) > self.batch_size)
-        return [Verdict(parse_verdict(VERDICT_OPENING + out.text), (VERDICT_OPENING + out.text).strip())
-                for out in outs]
+            outs = generate(self.model, self.tokenizer, texts, self.max_new_tokens, self.batch_size, sampling=sampling,
+                            desc="judging", progress=len(texts) > self.batch_size, seed=self.seed)
+        said = [(VERDICT_OPENING + out.text).strip() for out in outs]
+        return [_combined(said[i:i + self.samples]) for i in range(0, len(said), self.samples)]
+
+
+def _combined(replies: list[str]) -> Verdict:
+    scores = [s for s in map(parse_verdict, replies) if s is not None]
+    return Verdict(sum(scores) / len(scores) if scores else None, " | ".join(r.replace("\n", " ")[:60] for r in replies))
 
 
 class ReferenceJudge:
-    """ROUGE-L F of the response against the reference answer (metrics.rouge_l_scores)."""
+    """ROUGE-L F of the response against the reference answer (metrics.rouge_l_scores, in the run's layout)."""
 
     name = "reference"
     label = "ROUGE-L against the reference"
 
+    def __init__(self, style="think_response"):
+        self.style = style
+
     def score(self, questions, answers: list[str]) -> list[Verdict]:
         from .metrics import rouge_l_scores
-        scores = rouge_l_scores(answers, [q.reference for q in questions])
+        scores = rouge_l_scores(answers, [q.reference for q in questions], self.style)
         return [Verdict(s, f"ROUGE-L {s:.3f}") for s in scores]
 
 
@@ -132,13 +144,16 @@ class ChoiceJudge:
     name = "choice"
     label = "multiple-choice correctness"
 
+    def __init__(self, style="think_response"):
+        self.style = style
+
     def score(self, questions, answers: list[str]) -> list[Verdict]:
         from .choices import extract_choice
         verdicts = []
         for question, answer in zip(questions, answers, strict=True):
-            letter = extract_choice(answer, question.options)
-            verdicts.append(Verdict(float(letter == question.correct), f"chose {letter or 'nothing'}, "
-                                                                        f"answer {question.correct}"))
+            letter = extract_choice(answer, question.options, self.style)
+            verdicts.append(Verdict(float(letter == question.correct),
+                                    f"chose {letter or 'nothing'}, answer {question.correct}"))
         return verdicts
 
 
@@ -204,26 +219,31 @@ def judge_tokenizer(judge_model: str):
     return tokenizer
 
 
-def load_judge(cfg, plan, policy=None, policy_tokenizer=None, policy_base: str | None = None):
+def load_judge(cfg, plan, style, policy=None, policy_tokenizer=None, policy_base: str | None = None):
     """The run's judge. A model judge whose weights are the policy's own base (the demo: the embedded model judges
     its fine-tuned self) reuses the policy with its adapters switched off: nothing is loaded twice."""
     if cfg.JUDGE == "reference":
-        return ReferenceJudge()
+        return ReferenceJudge(style)
     if cfg.JUDGE == "choice":
-        return ChoiceJudge()
+        return ChoiceJudge(style)
     from .modeling import resolve_model_path
     path = resolve_model_path(cfg.JUDGE_MODEL)
     if policy is not None and policy_base is not None and path == resolve_model_path(policy_base):
         print(f"[judge] {cfg.JUDGE_MODEL}: the policy's own base model, its adapters switched off while judging")
-        return ModelJudge(policy, policy_tokenizer, cfg.JUDGE_MODEL, cfg.JUDGE_MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
-                          disable_adapter=True)
+        return ModelJudge(policy, policy_tokenizer, cfg.JUDGE_MODEL, disable_adapter=True, **_judging(cfg))
     from transformers import AutoModelForCausalLM
 
     from .hardware import torch_dtype
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(plan.precision)).to(plan.device).eval()
     print(f"[judge] {cfg.JUDGE_MODEL} loaded ({plan.precision})")
-    return ModelJudge(model, judge_tokenizer(cfg.JUDGE_MODEL), cfg.JUDGE_MODEL, cfg.JUDGE_MAX_NEW_TOKENS,
-                      cfg.EVAL_BATCH_SIZE)
+    return ModelJudge(model, judge_tokenizer(cfg.JUDGE_MODEL), cfg.JUDGE_MODEL, **_judging(cfg))
+
+
+def _judging(cfg) -> dict:
+    if cfg.JUDGE_SAMPLES < 1:
+        raise UserError(f"JUDGE_SAMPLES={cfg.JUDGE_SAMPLES}: at least 1 (1 = one greedy verdict per answer).")
+    return dict(max_new_tokens=cfg.JUDGE_MAX_NEW_TOKENS, batch_size=cfg.EVAL_BATCH_SIZE, samples=cfg.JUDGE_SAMPLES,
+                temperature=cfg.JUDGE_TEMPERATURE, seed=cfg.SEED)
 
 
 def release(judge, device: str) -> None:

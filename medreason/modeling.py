@@ -5,9 +5,9 @@ Both backends return a peft model whose `save_pretrained` writes the same adapte
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from . import distributed
 from .embedded import EMBEDDED, EMBEDDED_HUB_ID, embedded_model_dir
 from .errors import UserError
 from .hardware import torch_dtype
@@ -78,20 +78,14 @@ def _load_unsloth(cfg, plan, model_path):
 def _load_transformers(cfg, plan, model_path):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    compute_dtype = torch_dtype(plan.precision)
-    kwargs = {"dtype": compute_dtype}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **transformers_load_kwargs(plan))
     if plan.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype)
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per accelerate process
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    if plan.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING)
-    elif plan.device != "cpu":
-        model = model.to(plan.device)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif plan.device == "cuda" and not distributed.uses_fsdp():
+        model = model.to(torch.device("cuda", distributed.local_rank()))  # each process on its own GPU
     lora = LoraConfig(r=cfg.LORA_R, lora_alpha=cfg.LORA_ALPHA, lora_dropout=cfg.LORA_DROPOUT,
                       target_modules=lora_targets(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
     check_target_modules(model, cfg.TARGET_MODULES)
@@ -99,6 +93,23 @@ def _load_transformers(cfg, plan, model_path):
     # two runs with the same settings would differ from their first update (Unsloth is given random_state instead).
     torch.manual_seed(cfg.SEED)
     return get_peft_model(model, lora), load_tokenizer(model_path)
+
+
+def transformers_load_kwargs(plan) -> dict:
+    """from_pretrained's arguments: the run's precision; 4-bit NF4 on CUDA, each process's copy on its own GPU
+    (device_map from LOCAL_RANK). Under FSDP the 4-bit weights are stored in the compute dtype, so FSDP can shard
+    them like every other parameter, and placement is left to FSDP (QLoRA + FSDP, as peft documents it)."""
+    from transformers import BitsAndBytesConfig
+    compute_dtype = torch_dtype(plan.precision)
+    kwargs = {"dtype": compute_dtype}
+    if plan.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_quant_storage=compute_dtype if distributed.uses_fsdp() else None)
+        if not distributed.uses_fsdp():
+            kwargs["device_map"] = {"": distributed.local_rank()}
+    return kwargs
 
 
 def check_target_modules(model, target_modules) -> None:
@@ -135,16 +146,22 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Pa
 
 
 def _write_adapter(model, tokenizer, folder: Path, info: dict | None) -> None:
-    import json
     model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
     tokenizer.save_pretrained(folder)
     # peft also writes a placeholder model card naming this machine's cache path as base_model; the real card is
     # rendered at publishing (medreason/publishing.py), so the placeholder is not kept.
     (folder / "README.md").unlink(missing_ok=True)
-    if info and info.get("model_name") == EMBEDDED:  # a portable id rather than this machine's cache path
+    if info:
+        write_training_info(folder, info)
+
+
+def write_training_info(folder: Path, info: dict) -> None:
+    """training_info.json beside the adapter; for the embedded model, a portable base id in adapter_config.json
+    rather than this machine's cache path."""
+    import json
+    if info.get("model_name") == EMBEDDED:
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = EMBEDDED_HUB_ID
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-    if info:
-        (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")

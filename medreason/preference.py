@@ -185,7 +185,7 @@ def sample_candidates(model, tokenizer, questions: list[Question], style, k: int
         raise UserError(f"NUM_CANDIDATES={k}: a pair needs at least 2 answers per question. Fix: --NUM_CANDIDATES=2.")
     set_seed(seed)  # torch's (and python's, numpy's) seed: sampling draws the same tokens on a rerun
     asked = [q.text for q in questions for _ in range(k)]
-    answers = answer_all(model, tokenizer, asked, style, max_new_tokens, batch_size, sampling=sampling)
+    answers = answer_all(model, tokenizer, asked, style, max_new_tokens, batch_size, sampling=sampling, seed=seed)
     return [answers[i * k:(i + 1) * k] for i in range(len(questions))]
 
 

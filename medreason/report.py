@@ -17,6 +17,39 @@ def metrics_json(results: dict) -> dict:
     return table
 
 
+def metrics_table(table: dict) -> str:
+    """Markdown: one row per metric, one column per model (and the difference), from metrics_json's table."""
+    models = [m for m in table if m != "difference"]
+    lines = ["| metric | " + " | ".join(models) + (" | difference |" if "difference" in table else ""),
+             "|---" * (len(models) + 1 + ("difference" in table)) + "|"]
+    for name in ORDER:
+        if name in table["tuned"]:
+            diff = table.get("difference", {}).get(name)
+            lines.append(f"| {name} | " + " | ".join(_fmt(table[m][name]) for m in models)
+                         + (f" | {diff:+.3f} |" if diff is not None else " |"))
+    return "\n".join(lines)
+
+
+def read_run(run_dir: Path) -> dict:
+    """What a finished training run wrote, for a notebook or a report: its results, metrics table, answer statuses,
+    evaluated samples and training log."""
+    from .errors import UserError
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise UserError(f"{results_path} not found. Fix: point RUN_DIR at the OUTPUT_DIR of a finished training run.")
+    results = json.loads(results_path.read_text())
+    samples_path, history_path = run_dir / "eval_samples.jsonl", run_dir / "log_history.json"
+    samples = [json.loads(line) for line in samples_path.read_text().splitlines()] if samples_path.is_file() else []
+    evaluation = results.get("evaluation")
+    settings = results.get("settings", {})
+    return {"results": results, "samples": samples, "statuses": results["metrics"].get("answer_statuses", {}),
+            "log_history": json.loads(history_path.read_text()) if history_path.is_file() else [],
+            "metrics_table": metrics_table(evaluation) if evaluation else "*No answers were evaluated.*",
+            "summary": (f"{run_dir}: {settings.get('MODEL_NAME')} on {settings.get('DATASET')}, "
+                        f"{settings.get('MAX_STEPS')} steps, style {settings.get('PROMPT_STYLE')}; "
+                        f"{len(samples)} evaluated answers")}
+
+
 def _fmt(metric: dict) -> str:
     lo, hi = metric["ci95"]
     return f"{metric['value']:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(metric["value"]) else "n/a"
@@ -86,18 +119,10 @@ def write_report(out_dir: Path, results: dict, rows: list[dict], kind: str, meta
     loss = plot_loss_curve(log_history or [], out_dir / "loss_curve.png")
     if loss:
         files["loss_curve"] = loss
-    models = list(results)
     lines = ["# Evaluation report", "", f"Data: {meta.get('data', '?')} ({kind}, n = {len(rows)}). "
              "Each cell: value [95% bootstrap interval]. Base = the same weights with the adapter disabled. "
              "Higher is better, except perplexity. Overlapping intervals mean the difference is not yet "
-             "distinguishable from noise at this sample size.", "",
-             "| metric | " + " | ".join(models) + (" | difference |" if "base" in results else ""),
-             "|---" * (len(models) + 1 + ("base" in results)) + "|"]
-    for name in ORDER:
-        if name in results["tuned"].metrics:
-            cells = [_fmt(results[m].metrics[name]) for m in models]
-            diff = payload.get("difference", {}).get(name)
-            lines.append(f"| {name} | " + " | ".join(cells) + (f" | {diff:+.3f} |" if diff is not None else " |"))
+             "distinguishable from noise at this sample size.", "", metrics_table(metrics_json(results))]
     lines += ["", "![metrics](metrics.png)", ""] + (["![loss curve](loss_curve.png)", ""] if loss else [])
     lines += ["## Side by side", ""] + side_by_side(rows, results, kind)
     files["report"].write_text("\n".join(lines) + "\n")

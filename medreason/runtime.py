@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 
-from . import hardware
+from . import distributed, hardware
 from .embedded import EMBEDDED
 from .errors import UserError
 
@@ -23,6 +23,7 @@ class Plan:
     optim: str
     demo: bool = False  # the offline demo (configs/demo.yaml)
     reasons: list[str] = field(default_factory=list)
+    processes: int = 1  # under accelerate launch / torchrun: one per GPU
 
 
 def automatic_preset(values: dict, given: set[str]) -> tuple[str, str] | None:
@@ -84,6 +85,8 @@ def plan_run(cfg, origins: dict[str, str]) -> Plan:
                        f"CPU cores, written to its own folder {cfg.OUTPUT_DIR!r} (settings given on the command line "
                        f"still win)")
     reasons += [f"{name}: {why}. --{name}=... sets it." for name, why in size_for_cpu(cfg, origins, device).items()]
+    processes = distributed.world_size()
+    reasons.append(effective_batch(cfg, origins, processes))
     backend = choose_backend(cfg.BACKEND, device, reasons)
     precision, why = hardware.choose_precision(cfg.PRECISION, machine, backend)
     reasons.append(f"precision: {why}")
@@ -99,7 +102,33 @@ def plan_run(cfg, origins: dict[str, str]) -> Plan:
         if cfg.LOAD_IN_4BIT:
             reasons.append(f"LOAD_IN_4BIT ignored on {device}: bitsandbytes 4-bit training needs CUDA on the "
                            f"transformers backend")
-    return Plan(backend, device, precision, load_in_4bit, optim, demo, reasons)
+    return Plan(backend, device, precision, load_in_4bit, optim, demo, reasons, processes)
+
+
+def effective_batch(cfg, origins: dict[str, str], processes: int) -> str:
+    """Rows per optimizer update = processes x BATCH_SIZE x GRAD_ACCUM; GLOBAL_BATCH, when set, fixes GRAD_ACCUM so
+    that moving from 1 to N GPUs keeps the recipe. Returns the sentence that says so."""
+    per_step = processes * cfg.BATCH_SIZE
+    if cfg.GLOBAL_BATCH is not None:
+        if cfg.GLOBAL_BATCH < 1 or cfg.GLOBAL_BATCH % per_step:
+            nearest = per_step * max(1, round(cfg.GLOBAL_BATCH / per_step))
+            raise UserError(f"GLOBAL_BATCH={cfg.GLOBAL_BATCH} is not a multiple of processes ({processes}) x "
+                            f"BATCH_SIZE ({cfg.BATCH_SIZE}) = {per_step}. Fix: --GLOBAL_BATCH={nearest}, or another "
+                            f"BATCH_SIZE.")
+        if origins.get("GRAD_ACCUM") == "command line" and cfg.GRAD_ACCUM != cfg.GLOBAL_BATCH // per_step:
+            raise UserError(f"GRAD_ACCUM={cfg.GRAD_ACCUM} and GLOBAL_BATCH={cfg.GLOBAL_BATCH} disagree with {processes} "
+                            f"process(es) x BATCH_SIZE {cfg.BATCH_SIZE}. Fix: give one of the two.")
+        cfg.GRAD_ACCUM = cfg.GLOBAL_BATCH // per_step
+        origins["GRAD_ACCUM"] = "from GLOBAL_BATCH"
+    rows = per_step * cfg.GRAD_ACCUM
+    said = (f"effective batch: {processes} process{'es' if processes > 1 else ''} x BATCH_SIZE {cfg.BATCH_SIZE} x "
+            f"GRAD_ACCUM {cfg.GRAD_ACCUM} = {rows} rows per optimizer update")
+    if cfg.GLOBAL_BATCH is not None:
+        return said + f" (GRAD_ACCUM set from GLOBAL_BATCH={cfg.GLOBAL_BATCH})"
+    if processes > 1:
+        return said + (f"; with one process it would be {cfg.BATCH_SIZE * cfg.GRAD_ACCUM}: --GLOBAL_BATCH="
+                       f"{cfg.BATCH_SIZE * cfg.GRAD_ACCUM} keeps that recipe")
+    return said
 
 
 def choose_backend(requested: str, device: str, reasons: list[str]) -> str:
@@ -110,6 +139,20 @@ def choose_backend(requested: str, device: str, reasons: list[str]) -> str:
         reasons.append("backend: transformers + peft (" + ("Unsloth has no MPS support)" if device == "mps"
                                                           else "BACKEND='transformers')"))
         return "transformers"
+    if distributed.uses_fsdp():
+        if requested == "unsloth":
+            raise UserError("BACKEND='unsloth' with an FSDP config: this project's FSDP path is QLoRA on transformers "
+                            "+ peft. Fix: --BACKEND=auto or transformers, or configs/accelerate/ddp.yaml.")
+        reasons.append("backend: transformers + peft, because FSDP shards the model (QLoRA with the 4-bit weights "
+                       "stored in the compute dtype); Unsloth's own FSDP2 mode is not wired into this project")
+        return "transformers"
+    if distributed.is_distributed() and device == "cpu":
+        if requested == "unsloth":
+            raise UserError("BACKEND='unsloth' with several CPU processes: Unsloth's CPU mode is a single-process "
+                            "path. Fix: --BACKEND=transformers, or one process.")
+        reasons.append(f"backend: transformers + peft, because {distributed.world_size()} CPU processes train over "
+                       f"gloo and Unsloth's CPU mode is a single-process path")
+        return "transformers"
     why_not = _import_unsloth()
     if why_not and requested == "unsloth":
         raise UserError(f"BACKEND='unsloth' but {why_not}. Fix: install it, or --BACKEND=transformers.")
@@ -117,5 +160,9 @@ def choose_backend(requested: str, device: str, reasons: list[str]) -> str:
         reasons.append(f"backend: transformers + peft, because {why_not}")
         return "transformers"
     reasons.append("backend: unsloth (fast LoRA kernels; default wherever it imports"
-                   + (", here in its CPU mode)" if device == "cpu" else ")"))
+                   + (", here in its CPU mode)" if device == "cpu" else ")")
+                   + (f"; under DDP with {distributed.world_size()} processes Unsloth 2026.10.9 puts each process's "
+                      f"model on its LOCAL_RANK GPU and sets DDP's unused-parameter search itself (not yet run on "
+                      f"several GPUs by this project: --BACKEND=transformers is the tested path)"
+                      if distributed.is_distributed() else ""))
     return "unsloth"

@@ -92,6 +92,12 @@ def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
         bf16=plan.precision == "bf16",
         use_cpu=plan.device == "cpu",
         gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING and plan.backend == "transformers",  # Unsloth: its own
+        # Non-reentrant checkpointing: the reentrant kind runs the forward without gradients, and DDP then marks the
+        # LoRA weights ready twice; FSDP needs it too.
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        # Every LoRA weight gets a gradient at every step, so DDP need not search the graph for unused ones (the
+        # Trainer would otherwise choose the slow find_unused_parameters=True for any peft model).
+        ddp_find_unused_parameters=False,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=cfg.EVAL_STEPS if evaluate else None,
         eval_on_start=evaluate,  # the loss curve starts from the untrained model's eval loss
@@ -228,26 +234,49 @@ def train(trainer, resume: str | None, out: Path, info: dict):
     """trainer.train, resuming from `resume`; records the finishing step in `info` (saved with the adapter) and the
     log in OUTPUT_DIR/log_history.json. A run whose adapter finished training with these settings is not trained
     again: its adapter is loaded instead. Ctrl-C keeps the adapter so far and the checkpoints to resume from."""
+    from .distributed import is_main
     from .errors import set_run_context
     from .modeling import save_adapter
     set_run_context(step="4. train")
     if (step := finished_step(out, info["trained_by"])) is not None:
         return reuse_finished_adapter(trainer, out, info, step)
     checkpoint_dir = Path(trainer.args.output_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")  # read by check_resumable
+    if is_main():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")  # read by check_resumable
     try:
         result = trainer.train(resume_from_checkpoint=resume)
         if stopped := report_early_stop(trainer):
             print(stopped)
         info["finished_at_step"] = trainer.state.global_step
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        if is_main():
+            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         return result
     except KeyboardInterrupt:
+        if not is_main():
+            raise SystemExit(130) from None
         saved = save_adapter(trainer.model, trainer.processing_class, out / "adapter-interrupted", info)
         raise SystemExit(f"\n[train] interrupted at step {trainer.state.global_step}: adapter so far saved to "
                          f"{saved}. Run the same command again to resume from the newest checkpoint in "
                          f"{checkpoint_dir}.") from None
+
+
+def save_final_adapter(trainer, model, tokenizer, folder: Path, info: dict) -> Path:
+    """The trained adapter into OUTPUT_DIR/adapter, by the main process, while the others wait. Under FSDP each
+    process holds a shard of it: the Trainer's save_model gathers it (every process takes part; the config's
+    FULL_STATE_DICT), then the main process adds the tokenizer and training_info.json."""
+    from . import distributed
+    from .modeling import save_adapter, write_training_info
+    if distributed.uses_fsdp():
+        trainer.save_model(str(folder))
+        if distributed.is_main():
+            tokenizer.save_pretrained(folder)
+            write_training_info(folder, info)
+    elif distributed.is_main():
+        folder = save_adapter(model, tokenizer, folder, info)
+    print(f"[save] adapter and tokenizer -> {folder}")
+    distributed.wait()
+    return Path(folder)
 
 
 def reuse_finished_adapter(trainer, out: Path, info: dict, step: int):

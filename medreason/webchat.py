@@ -5,11 +5,13 @@ message below it, which ends with the not-medical-advice line. The final status 
 stayed incomplete is shown as incomplete, never as whole."""
 from __future__ import annotations
 
+import contextlib
 import html
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .answering import Answer, answer_batch
 from .embedded import EMBEDDED, EMBEDDED_HUB_ID
@@ -156,18 +158,19 @@ def final_messages(answer: Answer, split: Split, seconds: float | None, budget: 
         shown = _as_written(answer.text) if answer.status in UNREADABLE else answer.response
         body = (f"**Incomplete answer** (`{answer.status}`): {WHY_INCOMPLETE.get(answer.status, answer.status)}"
                 + (f"; {fix}." if answer.status in ("think_unclosed", "response_unclosed") else ".")
-                + (f"\n\nWhat it wrote before stopping:\n\n{shown}" if shown else ""))
-    return messages + [gr.ChatMessage(content=f"{body}\n\n---\n*{DISCLAIMER}*")]
+                + (f"\n\nWhat it wrote:\n\n{shown}" if shown else ""))
+    return messages + [gr.ChatMessage(content=f"{body}\n\n*{DISCLAIMER}*")]
 
 
 def answer_messages(loaded, question: str, budget: Budget, sampling: Sampling):
     """Yields the list of messages shown for this question, each time more of the answer arrives."""
     start, closed_after = time.monotonic(), None
-    for split, answer in stream_answer(loaded, question, budget, sampling):
-        if split.reasoning_closed and closed_after is None:
-            closed_after = time.monotonic() - start
-        seconds = closed_after if closed_after is not None else (time.monotonic() - start if answer else None)
-        yield final_messages(answer, split, seconds, budget) if answer else streaming_messages(split, seconds)
+    with contextlib.closing(stream_answer(loaded, question, budget, sampling)) as stream:  # closed: generation stops
+        for split, answer in stream:
+            if split.reasoning_closed and closed_after is None:
+                closed_after = time.monotonic() - start
+            seconds = closed_after if closed_after is not None else (time.monotonic() - start if answer else None)
+            yield final_messages(answer, split, seconds, budget) if answer else streaming_messages(split, seconds)
 
 
 def make_responder(loaded, max_continuations: int, continuation_tokens: int):
@@ -195,12 +198,18 @@ def _parameters(model) -> str:
     return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
 
 
+def _short(name: str) -> str:
+    """An absolute folder as its last two parts (a Hub id or a relative path as given)."""
+    parts = Path(name).parts
+    return f"…/{'/'.join(parts[-2:])}" if Path(name).is_absolute() and len(parts) > 3 else name
+
+
 def banner(loaded, source: str) -> str:
     """What the model is, in one visible box: its base, that it is a small fine-tune, what it is for."""
     base = (f"{EMBEDDED_HUB_ID} (the 4-bit build embedded in this project)" if loaded.base_model == EMBEDDED
-            else loaded.base_model)
-    what = (f"a small LoRA fine-tune (adapter `{source}`) of **{base}**" if loaded.kind == "adapter"
-            else f"a fine-tuned model (`{source}`, merged)")
+            else _short(loaded.base_model))
+    what = (f"a small LoRA fine-tune (adapter `{_short(source)}`) of **{base}**" if loaded.kind == "adapter"
+            else f"a fine-tuned model (`{_short(source)}`, merged)")
     return (f"**What this is:** {what}, {_parameters(loaded.model)} parameters, trained on medical "
             f"chain-of-thought examples to reason step by step before it answers. It is a small research model: "
             f"it can be confidently wrong. **For education only, not medical advice**: never use it for a health "
@@ -210,7 +219,7 @@ def banner(loaded, source: str) -> str:
 def settings_inputs(max_new_tokens: int, sampling: Sampling) -> list:
     import gradio as gr
     # render=False: ChatInterface places them in its Settings accordion under the chat
-    return [gr.Slider(16, 4096, value=max_new_tokens, step=16, label="Max new tokens",
+    return [gr.Slider(16, max(4096, max_new_tokens), value=max_new_tokens, step=16, label="Max new tokens",
                       info="the answer's token budget (reasoning included); a cut-off answer is continued",
                       render=False),
             gr.Checkbox(value=sampling.do_sample, label="Sample", info="off = greedy decoding (reproducible)",

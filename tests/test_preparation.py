@@ -85,10 +85,18 @@ def test_colab_notebook_runs_in_its_quick_configuration(tmp_path):
     assert "Evaluation report" in text and "not medical advice" in text
 
 
+@pytest.mark.e2e
+def test_evaluation_notebook_shows_a_finished_run(tmp_path):
+    text = outputs(execute("02_evaluation.ipynb", tmp_path))
+    assert "| metric | base | tuned | difference |" in text and "| format_compliance |" in text
+    assert "=== 1. " in text and "--- tuned (" in text and "image/png" in text  # side by side, charts
+    assert "new tokens per answer (the training run's MAX_NEW_TOKENS" in text and "[eval] report:" in text
+
+
 def test_notebooks_are_valid_and_call_the_project():
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
         source = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
-        assert "from prepare_dataset import prepare" in source
+        assert "from prepare_dataset import prepare" in source or "from medreason" in source
         assert not any(c.outputs for c in notebook.cells if c.cell_type == "code"), f"{path.name}: clear outputs"
