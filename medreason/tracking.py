@@ -20,20 +20,33 @@ def setup_wandb(report_to: str, project: str, output_dir: str) -> list[str]:
     if report_to != "wandb":
         print(f"[track] metrics reported to {report_to}")
         return [report_to]
-    os.environ.setdefault("WANDB_PROJECT", project)
-    os.environ.setdefault("WANDB_DIR", str(Path(output_dir).resolve()))
+    _set_unless_users("WANDB_PROJECT", project)
+    _set_unless_users("WANDB_DIR", str(Path(output_dir).resolve()))
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
     login = wandb_login()
+    if _SET_BY_US.get("WANDB_MODE") is not None and os.environ.get("WANDB_MODE") == _SET_BY_US["WANDB_MODE"]:
+        del os.environ["WANDB_MODE"], _SET_BY_US["WANDB_MODE"]  # an earlier run's choice in this process
     if os.environ.get("WANDB_MODE"):
         print(f"[track] W&B: WANDB_MODE={os.environ['WANDB_MODE']} (set by you), run files under "
               f"{os.environ['WANDB_DIR']}/wandb/")
     elif login:
         print(f"[track] W&B: logging online to project {os.environ['WANDB_PROJECT']!r} (logged in via {login})")
     else:
-        os.environ["WANDB_MODE"] = "offline"
+        os.environ["WANDB_MODE"] = _SET_BY_US["WANDB_MODE"] = "offline"
         print(f"[track] W&B: not logged in (no WANDB_API_KEY, no `wandb login`), so offline run files under "
               f"{os.environ['WANDB_DIR']}/wandb/ (upload later with `wandb sync`)")
     return ["wandb"]
+
+
+_SET_BY_US: dict[str, str] = {}  # what this process set, so a second run in it (a notebook) gets its own values
+
+
+def _set_unless_users(name: str, value: str) -> None:
+    """Set a W&B variable for this run unless the user set it: one that an earlier run in this process set is
+    replaced (a second run in a notebook writes its run files to its own folder, not the first run's)."""
+    current = os.environ.get(name)
+    if current is None or current == _SET_BY_US.get(name):
+        os.environ[name] = _SET_BY_US[name] = value
 
 
 def wandb_login() -> str | None:

@@ -15,4 +15,12 @@ quiet $PIP install -q -c constraints-cpu.txt -r requirements-cpu.txt -r requirem
 quiet $PIP install -q --no-deps -r requirements-nodeps.txt
 # A torchvision wheel built against another torch makes `import unsloth` fail; we never need it.
 $PIP uninstall -q -y torchvision 2>/dev/null || true
+# tests/test_app.py drives Debian's Chromium through Playwright (no browser download)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: install chromium (sudo apt-get install -y chromium) for the browser test"
+  fi
+fi
 .venv/bin/python -c "import torch, transformers, trl, peft; print('ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"

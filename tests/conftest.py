@@ -18,6 +18,20 @@ SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl"
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def _restore_wandb_environment():
+    """A test that runs a trainer in this process sets WANDB_DIR and friends for its run: restore them afterwards,
+    so that later runs (subprocesses inherit the environment) write their W&B files where they should."""
+    names = ("WANDB_DIR", "WANDB_PROJECT", "WANDB_MODE")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def embedded_dir():
     from medreason.embedded import embedded_model_dir

@@ -203,6 +203,19 @@ def test_wandb_goes_online_when_the_user_is_logged_in(monkeypatch, tmp_path):
     assert os.environ["WANDB_MODE"] == "disabled"  # the user's own choice wins
 
 
+def test_a_second_run_in_the_same_process_gets_its_own_wandb_folder(monkeypatch, tmp_path):
+    """A notebook runs the trainer twice: the second run's W&B files go to its own folder, a user's WANDB_DIR wins."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    tracking.setup_wandb("wandb", "p", str(tmp_path / "first"))
+    tracking.setup_wandb("wandb", "p", str(tmp_path / "second"))
+    assert os.environ["WANDB_DIR"] == str((tmp_path / "second").resolve()) and os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "mine"))
+    tracking.setup_wandb("wandb", "p", str(tmp_path / "third"))
+    assert os.environ["WANDB_DIR"] == str(tmp_path / "mine")
+
+
 def test_the_demo_writes_to_its_own_folder(monkeypatch):
     monkeypatch.setattr(runtime, "_import_unsloth", lambda: "not wanted in this test")
     cfg, origins = script_settings()
