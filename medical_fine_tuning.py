@@ -93,7 +93,7 @@ def print_settings(cfg, origins, plan):
 def main(argv):
     from medreason import data, distributed, errors, evaluation, exports, preflight, prompts, publishing, runtime, \
         settings, tracking, training
-    from medreason.modeling import load_for_training, resolve_model_path, save_adapter, trainable_summary
+    from medreason.modeling import load_for_training, resolve_model_path, trainable_summary
     from medreason.results import Clock, write_run
 
     clock = Clock()

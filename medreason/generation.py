@@ -131,24 +131,25 @@ def choose_engine(engine: str, model, tokenizer, texts: list[str], sampling: Sam
         return "continuous", ("finished answers free their seats and the cache is paged, not copied: "
                               f"{_CPU_RATIO} one-by-one on this project's CPU benchmark")
     if id(model) not in _MEASURED:
-        _MEASURED[id(model)] = measure_engines(model, tokenizer, texts[:8], sampling)
+        _MEASURED[id(model)] = measure_engines(model, tokenizer, texts[:8])
     return _MEASURED[id(model)]
 
 
 _CPU_RATIO = "see bench/RESULTS.md for the measured ratio over"
 
 
-def measure_engines(model, tokenizer, texts: list[str], sampling: Sampling, new_tokens: int = 32) -> tuple[str, str]:
-    """Time both engines on the same few prompts (each run twice, the first as a warm-up) and keep the faster."""
+def measure_engines(model, tokenizer, texts: list[str], new_tokens: int = 32) -> tuple[str, str]:
+    """Time both engines on the same few prompts, greedy (so both do the same work: their tokens are identical), each
+    run twice with the first as a warm-up, and keep the faster."""
     seconds = {}
     for name, run in (("batched", _batched), ("continuous", _continuous)):
         for _ in range(2):
             start = time.perf_counter()
-            run(model, tokenizer, texts, new_tokens, len(texts), sampling, "", False, None, new_tokens, None)
+            run(model, tokenizer, texts, new_tokens, len(texts), GREEDY, "", False, None, 0, None)
             seconds[name] = time.perf_counter() - start
     faster = min(seconds, key=seconds.get)
-    return faster, (f"measured on {len(texts)} prompts x {new_tokens} tokens: continuous {seconds['continuous']:.2f} s, "
-                    f"batched {seconds['batched']:.2f} s")
+    return faster, (f"measured on {len(texts)} prompts x {new_tokens} tokens: continuous "
+                    f"{seconds['continuous']:.2f} s, batched {seconds['batched']:.2f} s")
 
 
 def _decoded(tokenizer, tokens: list[int], stop_ids: set[int], max_new_tokens: int, stop_text: str | None,

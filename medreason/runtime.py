@@ -116,8 +116,8 @@ def effective_batch(cfg, origins: dict[str, str], processes: int) -> str:
                             f"BATCH_SIZE ({cfg.BATCH_SIZE}) = {per_step}. Fix: --GLOBAL_BATCH={nearest}, or another "
                             f"BATCH_SIZE.")
         if origins.get("GRAD_ACCUM") == "command line" and cfg.GRAD_ACCUM != cfg.GLOBAL_BATCH // per_step:
-            raise UserError(f"GRAD_ACCUM={cfg.GRAD_ACCUM} and GLOBAL_BATCH={cfg.GLOBAL_BATCH} disagree with {processes} "
-                            f"process(es) x BATCH_SIZE {cfg.BATCH_SIZE}. Fix: give one of the two.")
+            raise UserError(f"GRAD_ACCUM={cfg.GRAD_ACCUM} and GLOBAL_BATCH={cfg.GLOBAL_BATCH} disagree with "
+                            f"{processes} process(es) x BATCH_SIZE {cfg.BATCH_SIZE}. Fix: give one of the two.")
         cfg.GRAD_ACCUM = cfg.GLOBAL_BATCH // per_step
         origins["GRAD_ACCUM"] = "from GLOBAL_BATCH"
     rows = per_step * cfg.GRAD_ACCUM
