@@ -10,10 +10,10 @@ not the raw base (which is what disabling every adapter would give). After train
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .stage_report import comparison_json, margins, write_report
 
 POLICY, REFERENCE = "default", "ref"  # trl's names for the trained adapter and the frozen copy it makes
 
@@ -45,9 +45,8 @@ def sft_facts(sft_adapter: str) -> tuple[Path, dict]:
 
 def sft_style(info: dict):
     """The prompt the SFT model was trained with (style and system prompt), as inference asks it."""
-    from .prompts import get_style
-    style = get_style(info.get("prompt_style", "think_response"))
-    return style.with_system_prompt(info["system_prompt"]) if info.get("system_prompt") else style
+    from .loading import trained_style
+    return trained_style(info)
 
 
 def sft_base(folder: Path, info: dict) -> str:
@@ -70,34 +69,20 @@ def load_policy(folder: Path, info: dict, plan, cfg):
     from peft import PeftModel
 
     from .hardware import torch_dtype
-    from .modeling import resolve_model_path
+    from .modeling import load_base, resolve_model_path
     base_path = resolve_model_path(sft_base(folder, info))
     dtype = torch_dtype(plan.precision)
-    if plan.backend == "unsloth":
+    if plan.backend == "unsloth":  # Unsloth's documented way to train an adapter further: load the adapter folder
         from unsloth import FastLanguageModel
-        model, _ = FastLanguageModel.from_pretrained(model_name=base_path, max_seq_length=cfg.MAX_SEQ_LENGTH,
+        model, _ = FastLanguageModel.from_pretrained(model_name=str(folder), max_seq_length=cfg.MAX_SEQ_LENGTH,
                                                      dtype=dtype, load_in_4bit=plan.load_in_4bit)
     else:
-        model = _transformers_base(base_path, dtype, plan, cfg.GRADIENT_CHECKPOINTING)
-    model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        model = PeftModel.from_pretrained(load_base(base_path, plan, cfg.GRADIENT_CHECKPOINTING), str(folder),
+                                          is_trainable=True)
+        for config in model.peft_config.values():  # the local base: saving checkpoints asks no Hub for its config
+            config.base_model_name_or_path = base_path
     print(f"[model] {base_path} + the SFT adapter {folder} (trainable) via {plan.backend}")
     return model
-
-
-def _transformers_base(base_path: str, dtype, plan, gradient_checkpointing: bool):
-    import os
-
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    kwargs = {"dtype": dtype}
-    if plan.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-        return prepare_model_for_kbit_training(AutoModelForCausalLM.from_pretrained(base_path, **kwargs),
-                                               use_gradient_checkpointing=gradient_checkpointing)
-    model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
-    return model if plan.device == "cpu" else model.to(plan.device)
 
 
 def for_generation(model, backend: str):
@@ -246,20 +231,10 @@ def train(trainer, resume: str | None, out: Path, info: dict):
 
 
 def save(model, tokenizer, folder: Path, info: dict) -> Path:
-    """The DPO adapter alone (modeling.save_adapter writes every adapter; the "ref" copy of SFT is not kept)."""
+    """The DPO adapter alone (save_adapter writes the active adapter: trl's frozen "ref" copy of SFT is not kept)."""
     from .modeling import save_adapter
-    saved = save_adapter(model, tokenizer, folder, info)
-    shutil.rmtree(saved / REFERENCE, ignore_errors=True)
-    return saved
+    return save_adapter(model, tokenizer, folder, info)
 
-
-def margins(log_history: list[dict]) -> tuple[float | None, float | None]:
-    """trl's logged rewards/margins (chosen minus rejected implicit reward) at the first and the last log."""
-    values = [e["rewards/margins"] for e in log_history if "rewards/margins" in e]
-    return (values[0], values[-1]) if values else (None, None)
-
-
-# --- evaluation: SFT vs DPO ----------------------------------------------------------------------------------------
 
 def answer_with(model, adapter: str, tokenizer, questions, kind: str, style, max_new_tokens: int, batch_size: int,
                 seed: int):
@@ -345,113 +320,3 @@ def run_metrics(comparison: dict | None, counts: dict, log_history: list[dict], 
             metrics[name], metrics[f"sft_{name}"] = comparison["dpo"][name]["value"], comparison["sft"][name]["value"]
         metrics["judge_win_rate"] = (comparison.get("judge_win_rate") or {}).get("win_rate")
     return metrics
-
-# --- report and card ---------------------------------------------------------------------------------------------
-
-STAGE_NOTE = ("SFT = the supervised adapter (trl's SFTTrainer on medical chains of thought), DPO = the same adapter "
-              "after trl's DPOTrainer on chosen/rejected pairs of its own sampled answers, scored by the judge; the "
-              "DPO reference model is the SFT adapter, frozen. Same questions, same prompt, greedy decoding.")
-
-
-def comparison_json(results: dict, win: dict | None) -> dict:
-    table = {name: answers.metrics for name, answers in results.items()}
-    table["difference"] = {m: results["dpo"].metrics[m]["value"] - results["sft"].metrics[m]["value"]
-                           for m in results["dpo"].metrics}
-    if win:
-        table["judge_win_rate"] = {k: v for k, v in win.items() if k != "verdicts"}
-    return table
-
-
-def write_report(out_dir: Path, results: dict, win: dict | None, questions, meta: dict,
-                 log_history: list[dict]) -> Path:
-    """evaluation/results.json, report.md and loss_curve.png: SFT vs DPO on the held-out questions."""
-    from .report import ORDER, _fmt, plot_loss_curve
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, **comparison_json(results, win)}
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    loss = plot_loss_curve(log_history, out_dir / "loss_curve.png")
-    first, last = margins(log_history)
-    lines = ["# SFT vs DPO", "", f"Data: {meta.get('data', '?')} (n = {len(questions)} held-out questions). "
-             + STAGE_NOTE + " Each cell: value [95% bootstrap interval].", "",
-             "| metric | SFT | DPO | difference |", "|---|---|---|---|"]
-    lines += [f"| {name} | {_fmt(results['sft'].metrics[name])} | {_fmt(results['dpo'].metrics[name])} | "
-              f"{payload['difference'][name]:+.3f} |" for name in ORDER if name in results["dpo"].metrics]
-    lines += ["", win_sentence(win), ""]
-    if first is not None:
-        lines += [f"DPO training: trl's rewards/margins (chosen minus rejected implicit reward, beta x log-ratio to "
-                  f"the SFT model) went from {first:.4f} at the first log to {last:.4f} at the last.", ""]
-    lines += (["![loss curve](loss_curve.png)", ""] if loss else []) + ["## Side by side", ""]
-    lines += side_by_side(questions, results, win)
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def win_sentence(win: dict | None) -> str:
-    if not win:
-        return "No judge win rate (no held-out questions)."
-    rate = "n/a" if win["win_rate"] is None else f"{win['win_rate']:.2f}"
-    return (f"Judge ({win['judge']}) win rate of DPO over SFT: {rate} ({win['wins']} wins, {win['ties']} ties, "
-            f"{win['losses']} losses, {win['unreadable']} without two readable verdicts; ties count half). An "
-            f"incomplete answer scores 0. A small judge is a weak judge: read its verdicts below before its rate.")
-
-
-def side_by_side(questions, results: dict, win: dict | None, count: int = 3, width: int = 700) -> list[str]:
-    def cut(text):
-        return text if len(text) <= width else text[:width] + " …"
-    lines = []
-    for i, question in enumerate(questions[:count]):
-        lines += [f"### Example {i + 1}", "", f"**Question:** {cut(question.text)}", ""]
-        if question.reference:
-            lines += [f"**Reference:** {cut(question.reference)}", ""]
-        for name in ("sft", "dpo"):
-            verdict = f" (judge: {win['verdicts'][name][i][1]})" if win else ""
-            lines += [f"**{name.upper()}{verdict}:**", "", "```text", cut(results[name].answers[i]), "```", ""]
-    return lines
-
-
-def card_section(info: dict, pair_counts: dict, comparison: dict | None) -> str:
-    """The model card's account of both stages: what each trained on and what the evaluation measured."""
-    sft, dpo = info["stages"][0]["trained_by"], info["stages"][1]["trained_by"]
-    lines = ["## Training: two stages", "",
-             f"1. **SFT** (trl `SFTTrainer`, `medical_fine_tuning.py`): a LoRA adapter on {info['model_name']} "
-             f"trained on {sft.get('DATASET', 'medical chain-of-thought rows')} ({sft.get('MAX_STEPS', '?')} updates "
-             f"at learning rate {sft.get('LEARNING_RATE', '?')}), answering as `{info['prompt_style']}`.",
-             f"2. **DPO** (trl `DPOTrainer`, `preference_tuning.py`): the SFT model wrote {dpo['NUM_CANDIDATES']} "
-             f"sampled answers per question (temperature {dpo['TEMPERATURE']}, top-p {dpo['TOP_P']}); the judge "
-             f"({info['stages'][1]['judge']}) scored each from 0 to 1 (factual accuracy, completeness, key points; "
-             f"an incomplete answer scores 0); the best became *chosen*, the worst *rejected*. "
-             f"{pair_counts.get('pairs', '?')} pairs ({pair_counts.get('tie', 0)} ties and "
-             f"{pair_counts.get('near_tie', 0)} margins below {dpo['MIN_MARGIN']} dropped); beta {dpo['BETA']}, "
-             f"{dpo['MAX_STEPS']} updates at learning rate {dpo['LEARNING_RATE']}. The reference model of DPO is the "
-             f"SFT adapter (frozen), so DPO moves away from the SFT model, not from the raw base.", ""]
-    if comparison:
-        lines += ["| metric | SFT | DPO |", "| --- | --- | --- |"]
-        lines += [f"| {name} | {comparison['sft'][name]['value']:.3f} | {comparison['dpo'][name]['value']:.3f} |"
-                  for name in comparison["dpo"]]
-        win = comparison.get("judge_win_rate")
-        if win:
-            lines += ["", win_sentence(win)]
-    return "\n".join(lines)
-
-
-def write_card(out: Path, info: dict, pair_counts: dict, comparison: dict | None) -> Path:
-    """OUTPUT_DIR/model_card.md: huggingface_hub's ModelCard (metadata + body) for the DPO adapter."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from .embedded import EMBEDDED, EMBEDDED_HUB_ID
-    from .publishing import license_for
-    base = EMBEDDED_HUB_ID if info["model_name"] == EMBEDDED else info["model_name"]
-    data = ModelCardData(base_model=base, library_name="peft", license=license_for(base), language=["en"],
-                         pipeline_tag="text-generation", model_name=out.name,
-                         tags=["medical", "reasoning", "lora", "sft", "dpo", "rlaif", "trl"])
-    body = (f"# {out.name}\n\nA LoRA adapter for **{base}**, trained in two stages: supervised fine-tuning, then "
-            f"DPO on pairs of its own answers judged by an AI judge.\n\n> **Not medical advice.** For education and "
-            f"research only; it can be wrong, and it was not reviewed by clinicians.\n\n"
-            f"{card_section(info, pair_counts, comparison)}\n\n## How to use\n\n```bash\npython inference.py "
-            f"--adapter {out / 'adapter'} --question \"…\"\n```\n\nThe adapter's training_info.json keeps the SFT "
-            f"prompt (style `{info['prompt_style']}` and its system prompt), so it is asked exactly as trained.\n")
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    path = out / "model_card.md"
-    card.save(path)
-    return path

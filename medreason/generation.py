@@ -128,14 +128,12 @@ def choose_engine(engine: str, model, tokenizer, texts: list[str], sampling: Sam
     if engine == "continuous":
         return "continuous", "asked for"
     if not (model.device.type == "cuda" if on_gpu is None else on_gpu) or len(texts) < 2:
-        return "continuous", ("finished answers free their seats and the cache is paged, not copied: "
-                              f"{_CPU_RATIO} one-by-one on this project's CPU benchmark")
+        return "continuous", ("finished answers free their seats and the cache is paged, not copied: 3.4x "
+                              "one-by-one and 2.4x the batched path on 2 CPU cores, bench/RESULTS.md")
     if id(model) not in _MEASURED:
         _MEASURED[id(model)] = measure_engines(model, tokenizer, texts[:8])
     return _MEASURED[id(model)]
 
-
-_CPU_RATIO = "see bench/RESULTS.md for the measured ratio over"
 
 
 def measure_engines(model, tokenizer, texts: list[str], new_tokens: int = 32) -> tuple[str, str]:

@@ -27,11 +27,11 @@ RUBRIC = (
     "Reply with one line: Score: <a number from 0 to 1>"
 )
 VERDICT_OPENING = "Score:"  # written at the start of the judge's reply, so even a small model answers with a number
-PROBES = 3  # verdicts asked before any candidate is written: a judge that gives no readable one stops the run
+PROBES = 2  # verdicts asked before any candidate is written: a judge that gives no readable one stops the run
 
 _NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
-_SCALE = re.compile(r"(?:from|between|on a scale of)\s+0(?:\.0)?\s+(?:to|and)\s+1(?:\.0)?(?![\d.]*\d)|\b0\s*-\s*1\b(?!\.\d)",
-                    re.I)
+_SCALE = re.compile(r"(?:from|between|on a scale of)\s+0(?:\.0)?\s+(?:to|and)\s+1(?:\.0)?(?![\d.]*\d)"
+                    r"|\b0\s*-\s*1\b(?!\.\d)", re.I)  # an echo of the scale, "from 0 to 1" or "(0-1)"
 _LABELLED = re.compile(rf"\bscore\b[*\s:=]*(?:is|of|would be|=)?[*\s:=]*{_NUMBER}"
                        rf"(?:\s*(?:/|out of)\s*{_NUMBER}|\s*(%|percent))?", re.I)
 _FRACTION = re.compile(rf"{_NUMBER}\s*(?:/|out of)\s*{_NUMBER}", re.I)
@@ -120,7 +120,8 @@ class ModelJudge:
 
 def _combined(replies: list[str]) -> Verdict:
     scores = [s for s in map(parse_verdict, replies) if s is not None]
-    return Verdict(sum(scores) / len(scores) if scores else None, " | ".join(r.replace("\n", " ")[:60] for r in replies))
+    said = " | ".join(" ".join(reply.split())[:48] for reply in replies)
+    return Verdict(sum(scores) / len(scores) if scores else None, said)
 
 
 class ReferenceJudge:
@@ -210,9 +211,10 @@ def judge_tokenizer(judge_model: str):
     try:
         tokenizer = load_tokenizer(resolve_model_path(judge_model))
     except UserError as e:
-        raise UserError(f"JUDGE_MODEL={judge_model!r} cannot be loaded ({str(e).split(': cannot load its tokenizer ')[-1]}"
-                        f" Fix: a local folder or Hub id of a chat model, --JUDGE_MODEL=embedded offline, or a judge "
-                        f"that needs no model: --JUDGE=reference / --JUDGE=choice.") from None
+        reason = str(e).split(": cannot load its tokenizer ")[-1].split(". Fix:")[0]
+        raise UserError(f"JUDGE_MODEL={judge_model!r} cannot be loaded {reason}. Fix: a local folder or Hub id of a "
+                        f"chat model, --JUDGE_MODEL=embedded offline, or a judge that needs no model: "
+                        f"--JUDGE=reference / --JUDGE=choice.") from None
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"JUDGE_MODEL={judge_model!r} has no chat template, so it cannot be asked the rubric. Fix: an "
                         f"instruction-tuned chat model (e.g. Qwen/Qwen2.5-3B-Instruct).")

@@ -59,6 +59,12 @@ def read_training_info(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def trained_style(info: dict) -> PromptStyle:
+    """The prompt an adapter was trained with: its style and system prompt (training_info.json)."""
+    style = get_style(info.get("prompt_style", "think_response"))
+    return style.with_system_prompt(info["system_prompt"]) if info.get("system_prompt") else style
+
+
 def adapter_base(folder: Path, info: dict) -> str:
     """The base model an adapter was trained on: 'embedded' for the shipped model, else adapter_config's."""
     if info.get("model_name") == EMBEDDED:
@@ -88,9 +94,7 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
         from unsloth import FastLanguageModel  # before peft/transformers models are built, so its patches apply
     folder = fetch(source)
     info = read_training_info(folder)
-    style = get_style(info.get("prompt_style", "think_response"))
-    if info.get("system_prompt"):
-        style = style.with_system_prompt(info["system_prompt"])
+    style = trained_style(info)
     machine = hardware.detect()
     device = device or machine.device
     precision, why = hardware.choose_precision(precision, machine, backend)

@@ -75,17 +75,27 @@ def _load_unsloth(cfg, plan, model_path):
     return model, pin_template_date(_ensure_pad_token(tokenizer))
 
 
-def _load_transformers(cfg, plan, model_path):
+def load_base(model_path: str, plan, gradient_checkpointing: bool):
+    """The base model for a LoRA to train on, on the transformers backend: the run's precision, 4-bit NF4 on CUDA
+    (prepared for k-bit training), each process's copy on its own GPU. Used by SFT and by DPO."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, **transformers_load_kwargs(plan))
     if plan.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif plan.device == "cuda" and not distributed.uses_fsdp():
-        model = model.to(torch.device("cuda", distributed.local_rank()))  # each process on its own GPU
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    if plan.device == "cuda" and not distributed.uses_fsdp():
+        return model.to(torch.device("cuda", distributed.local_rank()))  # each process on its own GPU
+    return model
+
+
+def _load_transformers(cfg, plan, model_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = load_base(model_path, plan, cfg.GRADIENT_CHECKPOINTING)
     lora = LoraConfig(r=cfg.LORA_R, lora_alpha=cfg.LORA_ALPHA, lora_dropout=cfg.LORA_DROPOUT,
                       target_modules=lora_targets(cfg.TARGET_MODULES), bias="none", task_type="CAUSAL_LM")
     check_target_modules(model, cfg.TARGET_MODULES)
@@ -146,7 +156,10 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Pa
 
 
 def _write_adapter(model, tokenizer, folder: Path, info: dict | None) -> None:
-    model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only, on either backend
+    # adapter_config.json + adapter_model.safetensors of the active adapter only, on either backend (DPO's model also
+    # holds the frozen "ref" copy of the SFT adapter, which is not part of what was trained)
+    several = len(getattr(model, "peft_config", {})) > 1
+    model.save_pretrained(folder, **({"selected_adapters": [model.active_adapter]} if several else {}))
     tokenizer.save_pretrained(folder)
     # peft also writes a placeholder model card naming this machine's cache path as base_model; the real card is
     # rendered at publishing (medreason/publishing.py), so the placeholder is not kept.

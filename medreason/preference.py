@@ -164,6 +164,7 @@ def split_held_out(rows: list, eval_samples: int, limit: int | None, seed: int) 
         if limit < 1:
             raise UserError(f"TRAIN_QUESTIONS={limit}: must be at least 1, or None for all.")
         train = train[:limit]
+    print(f"[questions] {len(train)} for pairs, {len(held_out)} held out for SFT vs DPO (seed {seed})")
     return train, held_out
 
 
@@ -213,12 +214,12 @@ def build_pairs(questions: list[Question], candidates: list[list[str]], verdicts
     return pairs, counts
 
 
-def no_pairs_error(counts: Counter, min_margin: float, questions: int) -> UserError:
+def no_pairs_error(counts: Counter, min_margin: float, questions: int, candidates: int = 2) -> UserError:
     return UserError(f"no preference pairs left from {questions} questions ({counts['tie']} ties, "
                      f"{counts['near_tie']} margins below MIN_MARGIN={min_margin}, {counts['unreadable']} without two "
                      f"readable verdicts): DPO has nothing to learn from. Fix: more questions (DATASET, "
-                     f"TRAIN_QUESTIONS), more candidates (--NUM_CANDIDATES=4), a lower --MIN_MARGIN, or a judge that "
-                     f"tells answers apart (a larger --JUDGE_MODEL, or --JUDGE=reference).")
+                     f"TRAIN_QUESTIONS), more candidates (--NUM_CANDIDATES={candidates * 2}), a lower --MIN_MARGIN, "
+                     f"or a judge that tells answers apart (a larger --JUDGE_MODEL, or --JUDGE=reference).")
 
 
 def write_pairs(path: Path, pairs: list[Pair]) -> Path:
@@ -260,7 +261,7 @@ def make_pairs(model, tokenizer, questions: list[Question], style, judge, cfg, o
           f"below MIN_MARGIN={cfg.MIN_MARGIN}, {counts['unreadable']} without two readable verdicts; "
           f"{counts['unreadable_verdicts']} verdicts unreadable)")
     if not pairs:
-        raise no_pairs_error(counts, cfg.MIN_MARGIN, len(questions))
+        raise no_pairs_error(counts, cfg.MIN_MARGIN, len(questions), k)
     return pairs, counts
 
 

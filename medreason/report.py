@@ -25,7 +25,7 @@ def metrics_table(table: dict) -> str:
     for name in ORDER:
         if name in table["tuned"]:
             diff = table.get("difference", {}).get(name)
-            lines.append(f"| {name} | " + " | ".join(_fmt(table[m][name]) for m in models)
+            lines.append(f"| {name} | " + " | ".join(fmt_metric(table[m][name]) for m in models)
                          + (f" | {diff:+.3f} |" if diff is not None else " |"))
     return "\n".join(lines)
 
@@ -50,7 +50,7 @@ def read_run(run_dir: Path) -> dict:
                         f"{len(samples)} evaluated answers")}
 
 
-def _fmt(metric: dict) -> str:
+def fmt_metric(metric: dict) -> str:
     lo, hi = metric["ci95"]
     return f"{metric['value']:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(metric["value"]) else "n/a"
 

@@ -99,11 +99,13 @@ def parse_overrides(argv: list[str], defaults: dict, annotations: dict | None = 
     return overrides
 
 
-def resolve(namespace: dict, argv: list[str], automatic=None) -> tuple[types.SimpleNamespace, dict[str, str]]:
+def resolve(namespace: dict, argv: list[str], automatic=None,
+            preset_dir: Path = PRESET_DIR) -> tuple[types.SimpleNamespace, dict[str, str]]:
     """The script's settings, layered constants -> preset -> command line, and each non-default value's origin.
 
-    The preset is PRESET (a constant, or --PRESET=...); when neither names one, `automatic(values, given)` may
-    choose one (e.g. the offline demo on a machine with no GPU) and returns (name, why) or None."""
+    The preset is PRESET (a constant, or --PRESET=...), a name in preset_dir (each script has its own folder: the
+    trainer's is configs/) or a path; when neither names one, `automatic(values, given)` may choose one (e.g. the
+    offline demo on a machine with no GPU) and returns (name, why) or None."""
     defaults = collect(namespace)
     annotations = namespace.get("__annotations__", {})
     overrides = parse_overrides(argv, defaults, annotations)
@@ -117,43 +119,57 @@ def resolve(namespace: dict, argv: list[str], automatic=None) -> tuple[types.Sim
             preset, why = chosen
             origins["PRESET"] = f"automatic: {why}"
     values = {**defaults, "PRESET": preset} if "PRESET" in defaults else dict(defaults)
-    for name, (value, origin) in (load_preset(preset, defaults, annotations) if preset else {}).items():
+    for name, (value, origin) in (load_preset(preset, defaults, annotations, preset_dir) if preset else {}).items():
         values[name], origins[name] = value, origin
     values.update(overrides)
     origins.update({name: COMMAND_LINE for name in overrides})
     return types.SimpleNamespace(**values), origins
 
 
+def print_settings(script: str, cfg, origins: dict[str, str], reasons: list[str], notes: tuple = ()) -> None:
+    """The resolved settings, each with its origin when not the constant, then the automatic choices and why."""
+    print("=" * 100)
+    print(f"Settings (constants at the top of {script} -> PRESET -> --NAME=value on the command line):")
+    for name, value in vars(cfg).items():
+        print(f"  {name:<24}= {value!r}" + (f" <- {origins[name]}" if name in origins else ""))
+    print("Automatic choices:")
+    for line in [*reasons, *notes]:
+        print(f"  - {line}")
+    print("=" * 100)
+
+
 def given_on_command_line(origins: dict[str, str]) -> set[str]:
     return {name for name, origin in origins.items() if origin == COMMAND_LINE}
 
 
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+def available_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
+    return sorted(p.stem for p in preset_dir.glob("*.yaml"))
 
 
-def preset_path(preset: str) -> Path:
-    """configs/<name>.yaml for a name; a path as given for anything that looks like a file."""
+def preset_path(preset: str, preset_dir: Path = PRESET_DIR) -> Path:
+    """<preset_dir>/<name>.yaml for a name; a path as given for anything that looks like a file."""
+    names = ", ".join(available_presets(preset_dir))
     if preset.endswith((".yaml", ".yml")) or "/" in preset or "\\" in preset:
         path = Path(preset).expanduser()
         if not path.is_file():
             raise SettingsError(f"PRESET={preset!r}: no such file. Fix: check the path, or use one of the presets: "
-                                f"{', '.join(available_presets())}.")
+                                f"{names}.")
         return path
-    path = PRESET_DIR / f"{preset}.yaml"
+    path = preset_dir / f"{preset}.yaml"
     if not path.is_file():
-        close = difflib.get_close_matches(preset, available_presets(), n=2, cutoff=0.4)
+        close = difflib.get_close_matches(preset, available_presets(preset_dir), n=2, cutoff=0.4)
         raise SettingsError(f"PRESET={preset!r} is not a preset." + (f" Did you mean {' or '.join(close)}?" if close
-                            else "") + f" Fix: one of {', '.join(available_presets())}, or a path to a .yaml file.")
+                            else "") + f" Fix: one of {names}, or a path to a .yaml file.")
     return path
 
 
-def load_preset(preset: str, defaults: dict, annotations: dict, _seen: tuple = ()) -> dict[str, tuple]:
+def load_preset(preset: str, defaults: dict, annotations: dict, preset_dir: Path = PRESET_DIR,
+                _seen: tuple = ()) -> dict[str, tuple]:
     """{NAME: (value, origin)} of a preset file, checked exactly like --NAME=value. A PRESET key inside a preset
     starts from that preset (the demo preset starts from smollm2's recipe)."""
     import yaml
-    path = preset_path(preset)
-    label = preset if path.parent == PRESET_DIR and path.stem == preset else str(path)
+    path = preset_path(preset, preset_dir)
+    label = preset if path.parent == preset_dir and path.stem == preset else str(path)
     if label in _seen:
         raise SettingsError(f"{path}: presets include each other in a loop ({' -> '.join(_seen + (label,))}). "
                             f"Fix: remove one of the PRESET keys.")
@@ -173,7 +189,7 @@ def load_preset(preset: str, defaults: dict, annotations: dict, _seen: tuple = (
     for name, value in data.items():
         where = f"{path}:{lines.get(name, '?')}"
         if name == "PRESET":
-            values.update(load_preset(str(value), defaults, annotations, _seen + (label,)))
+            values.update(load_preset(str(value), defaults, annotations, preset_dir, _seen + (label,)))
         elif name not in defaults:
             close = difflib.get_close_matches(str(name).upper(), list(defaults), n=3, cutoff=0.5)
             raise SettingsError(f"{where}: unknown setting {name!r}." + (f" Did you mean {', '.join(close)}?" if close

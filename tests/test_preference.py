@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from medreason import dpo, preference
+from medreason import dpo, preference, stage_report
 from medreason.errors import UserError
 from medreason.judging import ReferenceJudge, Verdict
 from medreason.preference import Pair, Question, build_pairs
@@ -211,7 +211,7 @@ def test_dpo_moves_the_lora_weights_and_widens_the_margin_on_its_pairs(tiny_adap
     assert all(torch.equal(snapshot[n], now[n]) for n in snapshot if f".{dpo.REFERENCE}." in n)  # ref frozen
     assert before == pytest.approx(0.0, abs=1e-6)  # policy == reference before training
     assert after > before + 0.05, (before, after)
-    first, last = dpo.margins(trainer.state.log_history)
+    first, last = stage_report.margins(trainer.state.log_history)
     assert last > first
 
 
@@ -285,7 +285,7 @@ def test_the_whole_stage_runs_on_the_embedded_model(tmp_path):
     out = tmp_path / "dpo"
     result = run_stage(f"--SFT_ADAPTER={tmp_path / 'sft' / 'adapter'}", f"--OUTPUT_DIR={out}", timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:]
-    assert "PRESET" in result.stdout and "preference-demo" in result.stdout and f"OUTPUT_DIR: {out}" in result.stdout
+    assert "configs/preference/demo.yaml" in result.stdout and f"OUTPUT_DIR: {out}" in result.stdout
     pairs = [json.loads(line) for line in (out / preference.PAIRS_FILE).read_text().splitlines()]
     assert pairs and all(p["score_chosen"] - p["score_rejected"] >= 0.1 - 1e-9 for p in pairs)
     results = json.loads((out / "results.json").read_text())
