@@ -76,20 +76,6 @@ SAVE_MERGED = False  # also write OUTPUT_DIR/merged: base + adapter folded into 
 SAVE_GGUF = ""  # "" = none; "q4_k_m" (small, for Ollama/llama.cpp) or "q8_0": needs llama.cpp, Unsloth backend
 
 
-def print_settings(cfg, origins, plan):
-    print("=" * 100)
-    print("Settings (constants at the top of medical_fine_tuning.py -> PRESET -> --NAME=value on the command line):")
-    for name, value in vars(cfg).items():
-        print(f"  {name:<24}= {value!r}" + (f" <- {origins[name]}" if name in origins else ""))
-    print("Automatic choices:")
-    for reason in plan.reasons:
-        print(f"  - {reason}")
-    if plan.demo:
-        print("  - on a GPU, the real run is simply: python medical_fine_tuning.py "
-              "(Llama-3.2-3B on FreedomIntelligence/medical-o1-reasoning-SFT)")
-    print("=" * 100)
-
-
 def main(argv):
     from medreason import data, distributed, errors, evaluation, exports, preflight, prompts, publishing, runtime, \
         settings, tracking, training
@@ -102,7 +88,9 @@ def main(argv):
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")  # for a crash report
     tracking.load_secrets()  # HF_TOKEN, WANDB_API_KEY from .env; never printed
     plan = runtime.plan_run(cfg, origins)  # device, backend, precision, CPU sizing: each printed with its reason
-    print_settings(cfg, origins, plan)
+    settings.print_settings("medical_fine_tuning.py", cfg, origins, plan.reasons, notes=(
+        "on a GPU, the real run is simply: python medical_fine_tuning.py (Llama-3.2-3B on "
+        "FreedomIntelligence/medical-o1-reasoning-SFT)",) if plan.demo else ())
     out, style = Path(cfg.OUTPUT_DIR), prompts.get_style(cfg.PROMPT_STYLE)
     model_path = resolve_model_path(cfg.MODEL_NAME)
 
