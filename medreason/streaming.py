@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tags import HUATUO_RESPONSE, HUATUO_THINKING, TAGS, parse_answer, reasoning_closed_at
+from .tags import MARKERS, TAGS, parse_answer, reasoning_closed_at
 
-# The markers of each layout, as tags.py's parsers read them.
-MARKERS = {"think_response": TAGS, "r1": ("<think>", "</think>"), "huatuo": (HUATUO_THINKING, HUATUO_RESPONSE),
-           "plain": ()}
 UNREADABLE = ("no_tags", "malformed")  # statuses whose text cannot be split: shown as written
 
 

@@ -127,8 +127,8 @@ def parse_answer(text: str, style="think_response", ended: bool = True) -> Parse
 
 
 def parse_all(texts: list[str], style="think_response", ended: list[bool] | None = None) -> list[ParsedAnswer]:
-    return [parse_answer(text, style, True if ended is None else e)
-            for text, e in zip(texts, ended if ended is not None else [True] * len(texts), strict=True)]
+    ended = [True] * len(texts) if ended is None else ended
+    return [parse_answer(text, style, e) for text, e in zip(texts, ended, strict=True)]
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -145,9 +145,11 @@ def is_looping(text: str, window: int = 12, repeats: int = 3, min_words: int = 4
     return len(tail) == 240 and any(tail == (tail[-period:] * (240 // period + 1))[-240:] for period in range(1, 81))
 
 
-# Where the reasoning block of each layout opens and closes (plain has none; r1's opening may sit in the prompt).
-REASONING_MARKERS = {"think_response": ("<think>", "</think>"), "r1": ("<think>", "</think>"),
-                     "huatuo": (HUATUO_THINKING, HUATUO_RESPONSE)}
+# Every marker of each layout, in order: the reasoning block's opening and closing first (plain has none; r1's
+# opening may sit in the prompt). A display holds back text that may be the start of one (medreason/streaming.py).
+MARKERS = {"think_response": TAGS, "r1": ("<think>", "</think>"), "huatuo": (HUATUO_THINKING, HUATUO_RESPONSE),
+           "plain": ()}
+REASONING_MARKERS = {name: markers[:2] for name, markers in MARKERS.items() if markers}
 
 
 def closing_marker(style="think_response") -> str | None:
@@ -177,8 +179,9 @@ def reasoning_closed_at(text: str, style="think_response") -> int | None:
     the answer should start), or None if it has not closed."""
     name = getattr(style, "name", style)
     if name in ("think_response", "r1"):
-        end = text.find("</think>")
-        return None if end < 0 else end + len("</think>")
+        closing = REASONING_MARKERS[name][1]
+        end = text.find(closing)
+        return None if end < 0 else end + len(closing)
     if name == "huatuo":
         match = re.search(r"^##\s*Final Response\s*$", text, re.M)
         return None if match is None else match.end()
