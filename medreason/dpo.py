@@ -131,32 +131,13 @@ def run_info(cfg, plan, sft_folder: Path, sft_info: dict, style) -> dict:
 def build_dpo_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
     """trl's DPOConfig, built (and so checked by transformers and trl) before any model loads."""
     from trl import DPOConfig
+
+    from .training import trainer_arguments
     try:
         return DPOConfig(
-            output_dir=str(checkpoint_dir),
+            **trainer_arguments(cfg, plan, report_to, checkpoint_dir),
             beta=cfg.BETA,  # how far the policy may move from the SFT model: higher = closer
             max_length=cfg.MAX_SEQ_LENGTH,  # prompt + answer; longer answers lose their end (keep_start)
-            per_device_train_batch_size=cfg.BATCH_SIZE,
-            gradient_accumulation_steps=cfg.GRAD_ACCUM,
-            max_steps=cfg.MAX_STEPS,
-            learning_rate=cfg.LEARNING_RATE,
-            lr_scheduler_type=cfg.LR_SCHEDULER,
-            warmup_steps=cfg.WARMUP_STEPS,
-            weight_decay=cfg.WEIGHT_DECAY,
-            optim=plan.optim,
-            fp16=plan.precision == "fp16",  # the run's one precision decision: fp16 on a T4, never bf16 there
-            bf16=plan.precision == "bf16",
-            use_cpu=plan.device == "cpu",
-            gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING and plan.backend == "transformers",  # Unsloth: its own
-            save_strategy="steps",
-            save_steps=cfg.SAVE_STEPS,
-            save_total_limit=cfg.SAVE_TOTAL_LIMIT,
-            logging_steps=cfg.LOGGING_STEPS,
-            logging_first_step=True,
-            report_to=report_to,
-            run_name=Path(cfg.OUTPUT_DIR).name,
-            seed=cfg.SEED,
-            dataset_num_proc=1,
         )
     except ValueError as e:  # transformers and trl check values and combinations in __post_init__
         raise UserError(f"the DPO trainer refused these settings: {str(e).splitlines()[0]} Fix: change the setting "

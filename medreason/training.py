@@ -66,29 +66,20 @@ def _check_early_stopping(cfg) -> None:
                         f"--SAVE_STEPS={cfg.EVAL_STEPS}.")
 
 
-def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
-    evaluate = cfg.VAL_SIZE > 0 and cfg.EVAL_STEPS > 0
-    early_stopping = cfg.EARLY_STOPPING_PATIENCE is not None
-    return SFTConfig(
-        # Early stopping: the best eval loss's checkpoint is reloaded at the end, so the adapter saved is the best.
-        load_best_model_at_end=early_stopping,
-        metric_for_best_model="eval_loss" if early_stopping else None,
-        greater_is_better=False if early_stopping else None,
+def trainer_arguments(cfg, plan, report_to: list[str], checkpoint_dir: Path) -> dict:
+    """What every trainer of this project is given, SFT's and DPO's: batch, schedule, the run's one precision
+    decision, checkpoints, logging, and the settings several processes need."""
+    return dict(
         output_dir=str(checkpoint_dir),
-        max_length=cfg.MAX_SEQ_LENGTH,  # longer examples are truncated (the preflight counts them)
-        completion_only_loss=True,  # loss on the assistant answer (+ end-of-turn token) only
         per_device_train_batch_size=cfg.BATCH_SIZE,
-        per_device_eval_batch_size=cfg.EVAL_BATCH_SIZE,
         gradient_accumulation_steps=cfg.GRAD_ACCUM,
-        # Rows of similar length share a batch, so little of it is padding (shuffled in groups, still seeded).
-        train_sampling_strategy="group_by_length" if cfg.GROUP_BY_LENGTH else "random",
         max_steps=cfg.MAX_STEPS,
         learning_rate=cfg.LEARNING_RATE,
         lr_scheduler_type=cfg.LR_SCHEDULER,
         warmup_steps=cfg.WARMUP_STEPS,
         weight_decay=cfg.WEIGHT_DECAY,
         optim=plan.optim,
-        fp16=plan.precision == "fp16",
+        fp16=plan.precision == "fp16",  # fp16 on a T4, never bf16 there (medreason/hardware.py)
         bf16=plan.precision == "bf16",
         use_cpu=plan.device == "cpu",
         gradient_checkpointing=cfg.GRADIENT_CHECKPOINTING and plan.backend == "transformers",  # Unsloth: its own
@@ -98,9 +89,6 @@ def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
         # Every LoRA weight gets a gradient at every step, so DDP need not search the graph for unused ones (the
         # Trainer would otherwise choose the slow find_unused_parameters=True for any peft model).
         ddp_find_unused_parameters=False,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=cfg.EVAL_STEPS if evaluate else None,
-        eval_on_start=evaluate,  # the loss curve starts from the untrained model's eval loss
         save_strategy="steps",
         save_steps=cfg.SAVE_STEPS,
         save_total_limit=cfg.SAVE_TOTAL_LIMIT,
@@ -110,6 +98,26 @@ def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
         run_name=Path(cfg.OUTPUT_DIR).name,
         seed=cfg.SEED,
         dataset_num_proc=1,
+    )
+
+
+def _sft_config(SFTConfig, cfg, plan, report_to, checkpoint_dir):
+    evaluate = cfg.VAL_SIZE > 0 and cfg.EVAL_STEPS > 0
+    early_stopping = cfg.EARLY_STOPPING_PATIENCE is not None
+    return SFTConfig(
+        **trainer_arguments(cfg, plan, report_to, checkpoint_dir),
+        # Early stopping: the best eval loss's checkpoint is reloaded at the end, so the adapter saved is the best.
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss" if early_stopping else None,
+        greater_is_better=False if early_stopping else None,
+        max_length=cfg.MAX_SEQ_LENGTH,  # longer examples are truncated (the preflight counts them)
+        completion_only_loss=True,  # loss on the assistant answer (+ end-of-turn token) only
+        per_device_eval_batch_size=cfg.EVAL_BATCH_SIZE,
+        # Rows of similar length share a batch, so little of it is padding (shuffled in groups, still seeded).
+        train_sampling_strategy="group_by_length" if cfg.GROUP_BY_LENGTH else "random",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.EVAL_STEPS if evaluate else None,
+        eval_on_start=evaluate,  # the loss curve starts from the untrained model's eval loss
     )
 
 
