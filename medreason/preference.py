@@ -286,9 +286,8 @@ def prompt_tokens(example: dict, tokenizer) -> int:
 
 def fit_questions(questions: list[Question], style, tokenizer, max_len: int) -> list[Question]:
     """Questions whose SFT prompt leaves room for an answer within MAX_SEQ_LENGTH; the others dropped, counted."""
-    from .prompts import generation_prompt
-    lengths = [len(tokenizer(generation_prompt(tokenizer, q.text, style), add_special_tokens=False)["input_ids"])
-               for q in questions]
+    from .prompts import prompt_length
+    lengths = [prompt_length(tokenizer, q.text, style) for q in questions]
     kept = [q for q, n in zip(questions, lengths) if n < max_len]
     _report_fit("questions", len(questions), len(kept), max(lengths), max_len)
     return kept

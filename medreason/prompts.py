@@ -151,3 +151,8 @@ def generation_prompt(tokenizer, question: str, style: PromptStyle) -> str:
     """The text a model continues at evaluation/inference: the training prompt plus the assistant header (and,
     with a DeepSeek-R1 template, the "<think>" it opens)."""
     return tokenizer.apply_chat_template(prompt_messages(question, style), tokenize=False, add_generation_prompt=True)
+
+
+def prompt_length(tokenizer, question: str, style: PromptStyle) -> int:
+    """Tokens of the generation prompt for a question: what is left of the context is the answer's room."""
+    return len(tokenizer(generation_prompt(tokenizer, question, style), add_special_tokens=False)["input_ids"])

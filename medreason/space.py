@@ -9,7 +9,6 @@ package pulls llama-cpp-python, a long source build, so a Space takes SmolLM2 fr
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .embedded import EMBEDDED, EMBEDDED_HUB_ID
 from .errors import UserError
+from .loading import adapter_base, read_training_info
 from .publishing import PushPlan, check_repo_id, check_write_access, describe_folder, license_for, retry_command
 
 ADAPTER_VARIABLE = "MEDREASON_ADAPTER"  # app.py serves the adapter this environment variable names
@@ -90,11 +90,9 @@ def _adapter_facts(run_dir: Path) -> tuple[str, bool]:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json, so there is no adapter for a Space to serve. Fix: "
                         f"pass the OUTPUT_DIR of a finished training run.")
-    info_path = adapter / "training_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if info.get("model_name") == EMBEDDED:
+    base = adapter_base(adapter, read_training_info(adapter))
+    if base == EMBEDDED:
         return EMBEDDED_HUB_ID, True
-    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
     return (base if base.count("/") == 1 and not Path(base).exists() else ""), False
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from .answering import Answer, answer_batch
 from .embedded import EMBEDDED, EMBEDDED_HUB_ID
 from .generation import Sampling
-from .prompts import DISCLAIMER, generation_prompt
+from .prompts import DISCLAIMER, prompt_length
 from .streaming import UNREADABLE, Split, StreamSplitter
 
 TITLE = "Medical reasoning chat"
@@ -53,8 +53,7 @@ def fit_budget(loaded, question: str, max_new_tokens: int, max_continuations: in
                continuation_tokens: int) -> Budget | str:
     """The generation budget that fits the model's context after the prompt, or the message for a question too long
     to leave room for an answer."""
-    prompt = generation_prompt(loaded.tokenizer, question, loaded.style)
-    used = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    used = prompt_length(loaded.tokenizer, question, loaded.style)
     context = context_length(loaded.model)
     room = context - used
     if room < MIN_ANSWER_TOKENS:
