@@ -3,14 +3,119 @@
 bf16 is chosen only where the GPU computes it natively: compute capability 8.0 or newer (Ampere, Ada, Hopper).
 torch's `is_bf16_supported()` is not asked: by default it counts emulation and answers True on a T4 (sm75), while
 Unsloth (by capability) loads the model in fp16 there and its trainer then refuses bf16.
+
+On a CPU the same question is asked of the CPU: bf16 is native only with AVX512-BF16 or AMX (Intel Cooper Lake /
+Sapphire Rapids, AMD Zen 4 and newer); elsewhere torch emulates it, ~100x slower than fp32. `cpu_rates()` reads the
+flags and times one matmul of each dtype (a few tens of ms), so the choice and the time estimates use this machine's
+own rates.
 """
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+RATE_SIZES = (128, 256, 512, 1024)  # square matmul sizes tried, smallest first, until one takes RATE_STEP_S
+RATE_STEP_S = 0.005  # one matmul this long is big enough to time (and an emulated bf16 one stops the climb)
+RATE_BUDGET_S = 0.015  # seconds of repeats per size: the best repeat counts (another process may share the cores)
+
+
+@dataclass(frozen=True)
+class CpuRates:
+    """What this CPU computes per second, measured: the one fact the CPU backend/precision choice and the time
+    estimates rest on."""
+    fp32_gflops: float  # best fp32 matmul rate, GFLOP/s, with torch's threads
+    bf16_gflops: float  # the same in bf16 (emulated unless native_bf16)
+    native_bf16: bool  # the CPU has bf16 instructions (BF16_CPU_FLAGS, or torch's cpuinfo says so)
+    flags: tuple[str, ...]  # which of BF16_CPU_FLAGS it has
+    capability: str = ""  # torch's CPU capability: the widest vector code torch runs here (AVX2, AVX512...)
+
+    @property
+    def bf16_faster(self) -> bool:
+        """bf16 is the faster dtype here: native instructions, confirmed by the timing."""
+        return self.native_bf16 and self.bf16_gflops > self.fp32_gflops
+
+    def describe(self) -> str:
+        """"fp32 151 GFLOP/s, bf16 356 GFLOP/s (native bf16: avx512_bf16; torch AVX512)"."""
+        kind = f"native bf16: {', '.join(self.flags)}" if self.native_bf16 else "bf16 emulated: no avx512_bf16/amx_bf16"
+        return (f"fp32 {self.fp32_gflops:.1f} GFLOP/s, bf16 {self.bf16_gflops:.1f} GFLOP/s ({kind}; torch "
+                f"{self.capability or '?'})")
+
+    def bf16_slowdown(self) -> float:
+        """How many times slower bf16 computes than fp32 here (below 1: faster)."""
+        return self.fp32_gflops / max(self.bf16_gflops, 1e-9)
+
+
+@functools.cache
+def cpu_rates() -> CpuRates:
+    """This CPU's measured fp32 and bf16 matmul rates and its bf16 flags, once per process (~30-100 ms)."""
+    import torch
+    flags = _cpu_flags()
+    native = bool(flags) or _torch_sees_bf16()
+    return CpuRates(fp32_gflops=_matmul_gflops(torch.float32), bf16_gflops=_matmul_gflops(torch.bfloat16),
+                    native_bf16=native, flags=flags, capability=_torch_capability())
+
+
+def compute_rate(precision: str) -> float:
+    """GFLOP/s this CPU computes a matmul at in `precision` ("fp32" or "bf16"), measured once per process."""
+    rates = cpu_rates()
+    if precision == "fp32":
+        return rates.fp32_gflops
+    if precision == "bf16":
+        return rates.bf16_gflops
+    raise ValueError(f"compute_rate({precision!r}): a CPU rate is measured for 'fp32' and 'bf16' only")
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """Which of BF16_CPU_FLAGS /proc/cpuinfo lists (empty where there is no /proc, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.split(":", 1)[-1].split())
+    return tuple(flag for flag in BF16_CPU_FLAGS if flag in present)
+
+
+def _torch_sees_bf16() -> bool:
+    """torch's own cpuinfo (where /proc/cpuinfo is missing): AVX512-BF16 or AMX tiles."""
+    import torch
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def _torch_capability() -> str:
+    import torch
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return ""
+
+
+def _matmul_gflops(dtype) -> float:
+    """The best rate of square matmuls in dtype: sizes grow until one matmul takes RATE_STEP_S (an emulated bf16 one
+    does at the first size), each size repeated for RATE_BUDGET_S."""
+    import torch
+    best = 0.0
+    with torch.inference_mode():
+        for n in RATE_SIZES:
+            a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+            a @ b  # warm-up: thread pool, oneDNN kernel choice
+            start, once = time.perf_counter(), None
+            while time.perf_counter() - start < RATE_BUDGET_S or once is None:
+                t = time.perf_counter()
+                a @ b
+                once = min(once or 1e9, time.perf_counter() - t)
+            best = max(best, 2 * n**3 / once / 1e9)
+            if once >= RATE_STEP_S:
+                break
+    return best
 
 
 @dataclass(frozen=True)
