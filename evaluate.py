@@ -34,6 +34,8 @@ def parse_args(argv):
     p.add_argument("--base-model", help="base model for the adapter (default: the one it was trained on)")
     p.add_argument("--backend", default="auto", choices=["auto", "unsloth", "transformers"])
     p.add_argument("--no-base", action="store_true", help="evaluate the tuned model only")
+    p.add_argument("--safety", action="store_true", help="the project's held-out safety set alone: refusal of unsafe "
+                   "asks and over-refusal of safe look-alikes, base vs tuned (--limit: questions of each kind)")
     return p.parse_args(argv)
 
 
@@ -61,6 +63,9 @@ def main(argv) -> dict:
     from medreason import evaluation, loading, report, tracking
     from medreason.errors import UserError
     tracking.load_secrets()
+    if args.safety:  # the safety set alone (medreason/safety.py)
+        from medreason.safety import evaluate_cli
+        return evaluate_cli(args)
     run_dir = Path(args.adapter).parent if Path(args.adapter).is_dir() else None
     data_path = args.data or (run_dir / "validation.jsonl" if run_dir else None)
     if not data_path or not data_path.is_file():

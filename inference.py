@@ -76,6 +76,7 @@ def main(argv) -> int:
     from medreason import answering, display, loading, tracking
     from medreason.generation import Sampling
     from medreason.prompts import DISCLAIMER
+    from medreason.safety import emergency_line
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
     questions = read_questions(args.input) if args.input else None  # a bad file is reported before the model loads
     backend = loading.choose_backend(args.backend)
@@ -90,6 +91,8 @@ def main(argv) -> int:
     disclaimer = not args.no_disclaimer
 
     def ask(question: str):
+        if line := emergency_line(question):  # chest pain, stroke signs, suicidal thoughts (medreason/safety.py)
+            print(line)
         streamer = display.make_streamer(loaded.tokenizer, args.show_thinking, style=loaded.style)
         answer, = answering.answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style, budget,
                                          streamer=streamer, **options)
@@ -106,7 +109,9 @@ def main(argv) -> int:
         output = args.output or args.input.with_suffix(".answers.jsonl")
         with output.open("w", encoding="utf-8") as f:
             for answer in answers:
-                f.write(json.dumps(answer.as_row(), ensure_ascii=False) + "\n")
+                line = emergency_line(answer.question)  # shown first, as in the page
+                f.write(json.dumps({**({"emergency": line} if line else {}), **answer.as_row()},
+                                   ensure_ascii=False) + "\n")
         incomplete = sum(a.status != "complete" for a in answers)
         print(f"{len(answers)} answers -> {output}; {len(answers) - incomplete} complete, {incomplete} incomplete"
               + (f" ({', '.join(sorted({a.status for a in answers if a.status != 'complete'}))})" if incomplete

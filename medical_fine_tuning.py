@@ -38,6 +38,10 @@ TRAIN_SAMPLES: int | None = None  # None = every row; e.g. 1000 for a quicker se
 VAL_SIZE = 100  # rows held out (seeded) for the eval loss and the answer metrics
 PROMPT_STYLE = "think_response"  # answer layout; see medreason/prompts.py for the styles
 MAX_THINK_WORDS: int | None = None  # None = whole chains of thought; N = keep opening + concluding paragraphs
+SAFETY_MIX = 0.0  # share of the training rows that are the project's safety examples (unsafe asks declined, look-
+#                   alike questions answered; medreason/safety.py), 0-0.5, e.g. 0.1; 0 = none
+SAFETY_EVAL_SAMPLES: int | None = None  # unsafe asks and safe controls (each) answered after training, for the
+#                                         refusal and over-refusal rates; None = EVAL_SAMPLES (at most 36); 0 = none
 
 # --- training --------------------------------------------------------------------------------------------------------
 BATCH_SIZE = 1  # rows per device per step; 1-2 on a T4 for a 3B model

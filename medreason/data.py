@@ -502,6 +502,9 @@ def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
     train_rows, val_rows = split(rows, cfg.VAL_SIZE, cfg.TRAIN_SAMPLES, cfg.SEED)
     print(f"[data] {len(train_rows)} training rows, {len(val_rows) if val_rows else 0} validation rows "
           f"(seed {cfg.SEED})")
+    from .safety import mix_into, samples_per_kind
+    train_rows, safety_info = mix_into(train_rows, getattr(cfg, "SAFETY_MIX", 0.0), cfg.SEED)  # never the val rows
+    samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), getattr(cfg, "EVAL_SAMPLES", 0))  # checked now
     if style.as_text and tokenizer is None:
         raise DataError(f"PROMPT_STYLE={style.name!r} renders its examples with the model's tokenizer, which could "
                         f"not be loaded. Fix: run where {cfg.MODEL_NAME} can be loaded (online, or a local folder).")
@@ -509,4 +512,4 @@ def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
     val = val_rows.map(as_example, remove_columns=list(FIELDS)) if val_rows else None
     return TrainingData(train_rows.map(as_example, remove_columns=list(FIELDS)), val, val_rows,
                         {"train_rows": len(train_rows), "val_rows": len(val_rows) if val_rows else 0,
-                         "dropped": dict(dropped), "shortened_reasoning": shortened})
+                         "dropped": dict(dropped), "shortened_reasoning": shortened, **safety_info})

@@ -165,13 +165,20 @@ def compare(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, m
 
 def evaluate_held_out(model, tokenizer, rows: list[dict], style: PromptStyle, max_new_tokens: int, batch_size: int,
                       seed: int, out_dir, meta: dict, log_history: list[dict],
-                      engine: str = "auto") -> dict[str, ModelAnswers]:
-    """The trainer's last step: base vs tuned on held-out rows, reported to out_dir (report.md, charts...)."""
+                      engine: str = "auto", safety_per_kind: int = 0) -> dict[str, ModelAnswers]:
+    """The trainer's last step: base vs tuned on held-out rows, and on safety_per_kind unsafe asks and as many safe
+    controls of the held-out safety set (safety.py), reported to out_dir (report.md, charts...)."""
+    from . import safety
     from .report import write_report
     if not rows:
         return {}
     results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed,
                       engine=engine)
+    if safety_per_kind:
+        asked = safety.evaluate(model, tokenizer, style, max_new_tokens, batch_size, safety_per_kind, engine=engine)
+        safety.add_to(results, asked)
+        if is_main():
+            safety.write_samples(out_dir / "safety_samples.jsonl", asked)
     if is_main():
         write_report(out_dir, results, rows, "reasoning", meta, log_history)
     return results
@@ -192,8 +199,10 @@ def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: Promp
         from unsloth import FastLanguageModel
         FastLanguageModel.for_inference(model)
     sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows))))) if val_rows else []
+    from .safety import samples_per_kind
+    safety_per_kind = samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), cfg.EVAL_SAMPLES)
     comparison = evaluate_held_out(model, tokenizer, sample, style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
                                    cfg.SEED, out / "evaluation",
                                    {"data": cfg.DATASET, "max_new_tokens": cfg.MAX_NEW_TOKENS},
-                                   trainer.state.log_history)
+                                   trainer.state.log_history, safety_per_kind=safety_per_kind)
     return comparison, eval_loss, sample

@@ -194,7 +194,7 @@ def render_card(run_dir: Path, repo_id: str):
         system_prompt=info.get("system_prompt", ""),
         versions=", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()),
         max_new_tokens=settings.get("MAX_NEW_TOKENS", 1024), eval_n=results["metrics"].get("eval_samples", "?"),
-        extra_limitations=extra)
+        extra_limitations=extra + safety_note(results))
 
 
 def build_upload_folder(run_dir: Path, repo_id: str) -> Path:
@@ -246,3 +246,24 @@ def publish(run_dir: Path, plan: PushPlan) -> bool:
         print(f"[publish] the push to {plan.repo_id} FAILED ({reason}). Everything is kept in {run_dir}. "
               f"Retry the push alone with:\n  {retry_command(run_dir, plan)}")
         return False
+
+
+# --- safety (medreason/safety.py) in the card ------------------------------------------------------------------------
+
+def safety_note(results: dict) -> str:
+    """Card lines on the safety training (SAFETY_MIX) and the measured refusal rates, base vs this adapter."""
+    data, tuned = results.get("data", {}), (results.get("evaluation") or {}).get("tuned", {})
+    base = (results.get("evaluation") or {}).get("base", {})
+    lines = []
+    if data.get("safety_rows"):
+        lines.append(f"- Trained with SAFETY_MIX={data['safety_mix']}: {data['safety_rows']} of the training rows were "
+                     f"the project's illustrative safety examples ({data['safety_unsafe_rows']} unsafe asks declined, "
+                     f"{data['safety_control_rows']} look-alike questions answered).")
+    for name, what in (("safety_refusal", "unsafe asks refused"), ("safety_over_refusal", "safe controls refused")):
+        if name in tuned:
+            m, b = tuned[name], base.get(name)
+            lines.append(f"- Safety, {what}: {m['value']:.0%} [{m['ci95'][0]:.0%}, {m['ci95'][1]:.0%}] of {m['n']}"
+                         + (f" (base model {b['value']:.0%} [{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}])" if b else "")
+                         + "; refusals judged by rules, on the project's held-out safety set (illustrative, not a "
+                           "clinical safety assessment).")
+    return ("\n" + "\n".join(lines)) if lines else ""

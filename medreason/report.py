@@ -124,6 +124,33 @@ def write_report(out_dir: Path, results: dict, rows: list[dict], kind: str, meta
              "Higher is better, except perplexity. Overlapping intervals mean the difference is not yet "
              "distinguishable from noise at this sample size.", "", metrics_table(metrics_json(results))]
     lines += ["", "![metrics](metrics.png)", ""] + (["![loss curve](loss_curve.png)", ""] if loss else [])
+    lines += safety_section(metrics_json(results))
     lines += ["## Side by side", ""] + side_by_side(rows, results, kind)
     files["report"].write_text("\n".join(lines) + "\n")
     return files
+
+
+# --- safety (medreason/safety.py): the refusal rates on the held-out safety set --------------------------------------
+SAFETY_NAMES = {"safety_refusal": "refused unsafe asks (higher is better)",
+                "safety_over_refusal": "refused safe controls: over-refusal (lower is better)"}
+
+
+def safety_section(table: dict) -> list[str]:
+    """Markdown lines for the safety rates in a metrics_json table (none when the run asked no safety questions)."""
+    names = [name for name in SAFETY_NAMES if name in table.get("tuned", {})]
+    if not names:
+        return []
+    models = [m for m in table if m != "difference"]
+    lines = ["## Safety", "", "The project's safety set (medreason/demo_data/safety_eval.jsonl, illustrative, never "
+             "mixed into training): unsafe asks a careful assistant declines, and look-alike safe questions it must "
+             "answer. Rules decide what is a refusal (medreason/safety.py; disclaimer lines do not count). Each cell: "
+             "share [Wilson 95% interval]; partial = declined, then gave an amount or instructions anyway (not "
+             "counted as refused).", "",
+             "| rate | n | " + " | ".join(models) + (" | difference |" if "difference" in table else ""),
+             "|---" * (len(models) + 2 + ("difference" in table)) + "|"]
+    for name in names:
+        cells = [f"{fmt_metric(table[m][name])}, partial {table[m][name].get('partial', 0)}" for m in models]
+        diff = table.get("difference", {}).get(name)
+        lines.append(f"| {SAFETY_NAMES[name]} | {table['tuned'][name]['n']} | " + " | ".join(cells)
+                     + (f" | {diff:+.3f} |" if diff is not None else " |"))
+    return lines + [""]

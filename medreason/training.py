@@ -16,7 +16,7 @@ RUN_INFO = "training_info.json"  # written next to the checkpoints: what they we
 TRAINED_BY = ("MODEL_NAME", "DATASET", "DATASET_CONFIG", "TRAIN_SAMPLES", "VAL_SIZE", "MAX_THINK_WORDS",
               "PROMPT_STYLE", "MAX_SEQ_LENGTH", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES", "BATCH_SIZE",
               "GRAD_ACCUM", "MAX_STEPS", "LEARNING_RATE", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED",
-              "EARLY_STOPPING_PATIENCE")
+              "EARLY_STOPPING_PATIENCE", "SAFETY_MIX")
 
 
 def run_info(cfg, plan, style) -> dict:

@@ -164,12 +164,24 @@ def final_messages(answer: Answer, split: Split, seconds: float | None, budget: 
 def answer_messages(loaded, question: str, budget: Budget, sampling: Sampling):
     """Yields the list of messages shown for this question, each time more of the answer arrives."""
     start, closed_after = time.monotonic(), None
+    alert = emergency_messages(question)  # chest pain, stroke signs, suicidal thoughts: the emergency line first
+    if alert:
+        yield alert
     with contextlib.closing(stream_answer(loaded, question, budget, sampling)) as stream:  # closed: generation stops
         for split, answer in stream:
             if split.reasoning_closed and closed_after is None:
                 closed_after = time.monotonic() - start
             seconds = closed_after if closed_after is not None else (time.monotonic() - start if answer else None)
-            yield final_messages(answer, split, seconds, budget) if answer else streaming_messages(split, seconds)
+            yield alert + (final_messages(answer, split, seconds, budget) if answer else
+                           streaming_messages(split, seconds))
+
+
+def emergency_messages(question: str) -> list:
+    """The emergency line (medreason/safety.py) as the first message, for a question about an emergency; else []."""
+    import gradio as gr
+    from .safety import emergency_line
+    line = emergency_line(question)
+    return [gr.ChatMessage(content=f"**{line}**")] if line else []
 
 
 def make_responder(loaded, max_continuations: int, continuation_tokens: int):
