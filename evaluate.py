@@ -2,10 +2,13 @@
 
     python evaluate.py --adapter outputs/medical-llama-3.2-3b/adapter                     # its held-out rows
     python evaluate.py --adapter <dir> --data ../shared/data/medmcqa_dev.jsonl --limit 50 --output eval/medmcqa
+    python evaluate.py --adapter <dir> --benchmarks medqa,medmcqa,pubmedqa,mmlu-pro-health --protocol huatuo
 
 medical-o1 rows (Question, Complex_CoT, Response) get ROUGE-L, format compliance and answer perplexity;
 multiple-choice rows (question, options, answer) get accuracy and extraction rate (and format compliance).
 Writes results.json, report.md, metrics.png and, when the training log is found, loss_curve.png.
+--benchmarks: exam benchmarks (medreason/benchmarks.py, or your own configs/benchmarks/*.yaml; --data adds a local
+file in our layout) under a named protocol (medreason/protocols.py: strict or huatuo), base vs tuned, with intervals.
 """
 import argparse
 import json
@@ -18,6 +21,9 @@ MAX_NEW_TOKENS = 1024  # per answer, when the adapter records no budget of its o
 ENGINE = "auto"  # "auto": continuous batching where it applies; "continuous" or "batched" (see medreason/generation.py)
 BATCH_SIZE = 8  # answers generated together (left-padded, grouped by length); lower it if out of memory
 SEED = 3407  # the sample of rows and the bootstrap
+PROTOCOL = "strict"  # exam benchmarks: "strict" (greedy, last explicit answer) or "huatuo" (HuatuoGPT-o1's eval)
+THINK_BUDGET = 0  # benchmarks: tokens of reasoning before it is closed and the answer asked for; 0 = no budget
+ANSWER_BUDGET = 128  # benchmarks: tokens for the answer once the thinking budget closed the reasoning
 
 
 def parse_args(argv):
@@ -36,6 +42,12 @@ def parse_args(argv):
     p.add_argument("--no-base", action="store_true", help="evaluate the tuned model only")
     p.add_argument("--safety", action="store_true", help="the project's held-out safety set alone: refusal of unsafe "
                    "asks and over-refusal of safe look-alikes, base vs tuned (--limit: questions of each kind)")
+    p.add_argument("--benchmarks", help="comma-separated exam benchmarks: medqa, medmcqa, pubmedqa, mmlu-pro-health, "
+                                        "or your own configs/benchmarks/<name>.yaml; --data adds a local file")
+    p.add_argument("--protocol", default=PROTOCOL, choices=["strict", "huatuo"])
+    p.add_argument("--think-budget", type=int, default=THINK_BUDGET, help="benchmarks: reasoning tokens before the "
+                                                                          "answer is asked for (0 = none)")
+    p.add_argument("--answer-budget", type=int, default=ANSWER_BUDGET)
     return p.parse_args(argv)
 
 
@@ -66,6 +78,8 @@ def main(argv) -> dict:
     if args.safety:  # the safety set alone (medreason/safety.py)
         from medreason.safety import evaluate_cli
         return evaluate_cli(args)
+    if args.benchmarks:  # exam benchmarks under a named protocol (medreason/benchmarks.py, protocols.py)
+        return run_benchmarks(args)
     run_dir = Path(args.adapter).parent if Path(args.adapter).is_dir() else None
     data_path = args.data or (run_dir / "validation.jsonl" if run_dir else None)
     if not data_path or not data_path.is_file():
@@ -81,6 +95,8 @@ def main(argv) -> dict:
                         f"comparison. Fix: pass the adapter folder, or --no-base.")
     budget, why = loaded.budget(args.max_new_tokens, MAX_NEW_TOKENS)
     print(f"[eval] {budget} new tokens per answer ({why})")
+    from medreason.estimates import say_evaluation  # rows x models x tokens at this CPU's measured rate
+    say_evaluation(loaded, rows, kind, budget, args.batch_size, not args.no_base, args.engine)
     start = time.time()
     results = evaluation.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, budget, args.batch_size,
                                  seed=args.seed, include_base=not args.no_base, engine=args.engine)
@@ -94,6 +110,55 @@ def main(argv) -> dict:
         base = f"base {table['base'][name]['value']:.3f} -> " if "base" in table else ""
         print(f"  {name:<18} {base}tuned {metric['value']:.3f}  (n = {metric['n']})")
     print(f"[eval] report: {files['report']}")
+    return table
+
+
+def training_rows(info: dict) -> list[dict] | None:
+    """The rows the adapter was trained on, when its DATASET (training_info.json) is a readable local file: the
+    report checks them against the benchmark questions. None when they cannot be read here."""
+    from medreason import data
+    source = (info.get("trained_by") or {}).get("DATASET")
+    if not source or not Path(source).is_file():
+        return None
+    try:
+        return data.load_records(source)
+    except Exception as e:  # noqa: BLE001 - the check is a note in the report, never a reason to stop
+        print(f"[bench] contamination not checked: {source} unreadable ({type(e).__name__})")
+        return None
+
+
+def run_benchmarks(args) -> dict:
+    """Exam benchmarks, base vs tuned, under one protocol: results.json, report.md, metrics.png."""
+    from medreason import benchmarks, loading, protocols, report
+    from medreason.errors import UserError
+    if args.think_budget < 0 or args.answer_budget < 1:
+        raise UserError(f"--think-budget {args.think_budget} / --answer-budget {args.answer_budget}. Fix: a "
+                        f"thinking budget of 0 (none) or more tokens, and an answer budget of at least 1.")
+    suites = protocols.load_suites(args.benchmarks, args.limit, args.seed, args.data)  # before any model loads
+    run_dir = Path(args.adapter).parent if Path(args.adapter).is_dir() else None
+    output = args.output or (run_dir / "benchmarks" if run_dir else Path("benchmarks"))
+    loaded = loading.load(args.adapter, args.base_model, loading.choose_backend(args.backend))
+    if loaded.kind != "adapter" and not args.no_base:
+        raise UserError(f"{args.adapter} is a merged model: there is no adapter to disable for the base "
+                        f"comparison. Fix: pass the adapter folder, or --no-base.")
+    fallback = protocols.HUATUO_MAX_NEW_TOKENS if args.protocol == "huatuo" else MAX_NEW_TOKENS
+    budget, why = loaded.budget(args.max_new_tokens, fallback)
+    think = args.think_budget or None
+    print(f"[bench] protocol {args.protocol}; {budget} new tokens per answer ({why})"
+          + (f"; thinking budget {think} + {args.answer_budget} to answer" if think else ""))
+    start = time.time()
+    table, answered = protocols.evaluate_benchmarks(
+        loaded.model, loaded.tokenizer, suites, args.protocol, loaded.style, budget, args.batch_size, args.engine,
+        args.seed, think, args.answer_budget, include_base=not args.no_base)
+    trained_on = training_rows(loaded.info)
+    if trained_on:
+        table["contamination"] = benchmarks.contamination(trained_on, suites)
+    meta = {"adapter": str(args.adapter), "base_model": loaded.base_model, "max_new_tokens": budget,
+            "engine": args.engine, "seconds": round(time.time() - start, 1)}
+    files = report.write_benchmark_report(output, table, answered, suites, meta)
+    for line in report.benchmark_lines(table):
+        print("  " + line)
+    print(f"[bench] report: {files['report']}")
     return table
 
 

@@ -66,6 +66,11 @@ EARLY_STOPPING_PATIENCE: int | None = None  # N = stop after N evaluations witho
 EVAL_SAMPLES = 20  # held-out questions answered after training, for ROUGE-L and format compliance
 EVAL_BATCH_SIZE = 8  # questions generated (and eval rows scored) together; lower it if out of memory
 MAX_NEW_TOKENS = 1024  # generation budget per answer: a chain of thought needs ~500-900 tokens to reach </response>
+BENCHMARKS = ""  # exam benchmarks after training, base vs tuned (strict protocol), e.g. "medqa,medmcqa,pubmedqa,
+#                  mmlu-pro-health" or your configs/benchmarks/<name>.yaml; "" = none. Also checks the data against them
+BENCHMARK_LIMIT = 200  # questions per benchmark (seeded sample, stratified by the correct letter); 0 = all
+THINK_BUDGET: int | None = None  # benchmarks: reasoning tokens before the reasoning is closed and the answer asked for
+ANSWER_BUDGET = 128  # benchmarks: tokens for the answer once THINK_BUDGET closed the reasoning
 
 # --- output and tracking ---------------------------------------------------------------------------------------------
 OUTPUT_DIR = "outputs/medical-llama-3.2-3b"  # checkpoints/, adapter/, evaluation/, results.json
@@ -81,8 +86,8 @@ SAVE_GGUF = ""  # "" = none; "q4_k_m" (small, for Ollama/llama.cpp) or "q8_0": n
 
 
 def main(argv):
-    from medreason import data, distributed, errors, evaluation, exports, preflight, prompts, publishing, runtime, \
-        settings, tracking, training
+    from medreason import benchmarks, data, distributed, errors, evaluation, exports, preflight, prompts, protocols, \
+        publishing, runtime, settings, tracking, training
     from medreason.modeling import load_for_training, resolve_model_path, trainable_summary
     from medreason.results import Clock, write_run
 
@@ -111,6 +116,7 @@ def main(argv):
 
     # 2. Preflight: token lengths with the model's own tokenizer; a checkpoint to resume must fit this run.
     preflight.check_training_data(prepared, tokenizer, cfg.MAX_SEQ_LENGTH)
+    benchmarks.preflight_contamination(prepared.train, cfg.BENCHMARKS)  # a warning with the count and an example
     resume = training.resume_point(out / "checkpoints", cfg)
     clock.lap("data_and_preflight")
     if cfg.DRY_RUN:
@@ -138,6 +144,7 @@ def main(argv):
     #    over the processes when there are several.
     comparison, eval_loss, sample = evaluation.evaluate_run(trainer, model, tokenizer, plan.backend,
                                                              prepared.val_rows, style, cfg, out)
+    protocols.after_training(model, tokenizer, cfg, style, out, prepared.train)  # BENCHMARKS, if any
     clock.lap("evaluate")
     if not distributed.is_main():  # everything from here on is written by the main process alone
         return {}, True, True

@@ -5,7 +5,8 @@
 
 Writes <output>/train.jsonl and <output>/test.jsonl (give either to the trainer as --DATASET), stats.json and
 length_histogram.png, and prints the statistics: rows kept and dropped with reasons, token lengths per field with
-the chosen tokenizer, and how many rows exceed MAX_SEQ_LENGTH.
+the chosen tokenizer, and how many rows exceed MAX_SEQ_LENGTH. Rows are checked against the exam benchmarks'
+questions (HuatuoGPT-o1's rule: a shared run of 64 characters); --decontaminate drops the overlapping ones.
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ TEST_FRACTION = 0.1  # 90/10 split
 SEED = 3407
 TOKENIZER = "embedded"  # whose tokens are counted: "embedded", a Hub id or a local model folder
 MAX_SEQ_LENGTH = 1024  # the trainer's setting: rows longer than this would be truncated
+BENCHMARKS = "medqa,medmcqa,pubmedqa,mmlu-pro-health"  # checked for overlaps (each read once, then cached); "" = none
 
 
 def parse_args(argv):
@@ -28,6 +30,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--tokenizer", default=TOKENIZER)
     p.add_argument("--max-seq-length", type=int, default=MAX_SEQ_LENGTH)
+    p.add_argument("--benchmarks", default=BENCHMARKS, help="exam benchmarks whose questions the rows are checked "
+                                                            "against (medreason/benchmarks.py); '' = none")
+    p.add_argument("--decontaminate", action="store_true", help="drop rows sharing 64+ characters with a benchmark "
+                                                                "question (HuatuoGPT-o1's filter)")
     return p.parse_args(argv)
 
 
@@ -44,7 +50,7 @@ def check_arguments(size: int, test_fraction: float, output: Path) -> None:
 
 def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "en",
             test_fraction: float = TEST_FRACTION, seed: int = SEED, tokenizer_name: str = TOKENIZER,
-            max_seq_length: int = MAX_SEQ_LENGTH) -> dict:
+            max_seq_length: int = MAX_SEQ_LENGTH, benchmark_names: str = "", decontaminate: bool = False) -> dict:
     from medreason import data, preflight, preparation, prompts
     from medreason.modeling import load_tokenizer, resolve_model_path
     from medreason.results import write_rows
@@ -54,6 +60,9 @@ def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "
     rows, duplicates = preparation.deduplicate(rows)
     if duplicates:
         dropped["duplicate question"] = duplicates
+    rows, contamination = check_contamination(rows, benchmark_names, decontaminate)
+    if decontaminate and contamination.get("dropped"):
+        dropped["overlaps a benchmark question"] = contamination["dropped"]
     tokenizer = load_tokenizer(resolve_model_path(tokenizer_name))
     style = prompts.get_style("think_response")
     example_lengths = [preflight.token_lengths(tokenizer, prompts.to_conversation(r, style))[1] for r in rows]
@@ -70,10 +79,30 @@ def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "
              "subset": len(subset), "train": len(train), "test": len(test), "seed": seed, "tokenizer": tokenizer_name,
              "tokens": {name: preparation.describe(values) for name, values in lengths.items()},
              "over_max_seq_length": sum(n > max_seq_length for n in lengths["example"]),
-             "max_seq_length": max_seq_length, "question_types": {"all": preparation.type_counts(rows),
+             "max_seq_length": max_seq_length, "contamination": contamination,
+             "question_types": {"all": preparation.type_counts(rows),
                                                                  "subset": preparation.type_counts(subset)}}
     (output / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def check_contamination(rows: list[dict], names: str, decontaminate: bool) -> tuple[list[dict], dict]:
+    """Rows against the benchmarks' questions: a warning per benchmark with the count and an example; with
+    decontaminate, the overlapping rows dropped. Returns (rows, what was found)."""
+    from medreason import benchmarks
+    if not names:
+        if decontaminate:
+            print("[contamination] --decontaminate with no --benchmarks: nothing to check against")
+        return rows, {}
+    found = benchmarks.contamination(rows, benchmarks.available_suites(names))
+    for line in benchmarks.contamination_lines(found, "dataset", "they are dropped (--decontaminate)" if decontaminate
+                                               else "Fix: add --decontaminate to drop them"):
+        print(line)
+    summary = {name: {k: c[k] for k in ("count", "checked", "example")} for name, c in found.items()}
+    bad = {i for c in found.values() for i in c["rows"]}
+    if decontaminate and bad:
+        rows = [row for i, row in enumerate(rows) if i not in bad]
+    return rows, {"benchmarks": summary, "rows": len(bad), "dropped": len(bad) if decontaminate else 0}
 
 
 def print_stats(stats: dict, output: Path) -> None:
@@ -84,6 +113,10 @@ def print_stats(stats: dict, output: Path) -> None:
     for name, d in stats["tokens"].items():
         print(f"  {name:<12} min {d['min']:>5}  median {d['median']:>5}  p95 {d['p95']:>5}  max {d['max']:>5}")
     print(f"rows longer than MAX_SEQ_LENGTH={stats['max_seq_length']}: {stats['over_max_seq_length']}")
+    if stats["contamination"]:
+        c = stats["contamination"]
+        print(f"rows overlapping a benchmark question: {c['rows']} ({c['dropped']} dropped) against "
+              f"{', '.join(c['benchmarks']) or 'no benchmark that could be read here'}")
     print(f"question types (all -> subset): {stats['question_types']['all']} -> {stats['question_types']['subset']}")
     print(f"wrote {output}/train.jsonl, test.jsonl, stats.json, length_histogram.png")
     print(f"train on it: python medical_fine_tuning.py --DATASET={output}/train.jsonl")
@@ -92,7 +125,7 @@ def print_stats(stats: dict, output: Path) -> None:
 def main(argv) -> dict:
     args = parse_args(argv)
     stats = prepare(args.dataset, args.output, args.size, args.config, args.test_fraction, args.seed,
-                    args.tokenizer, args.max_seq_length)
+                    args.tokenizer, args.max_seq_length, args.benchmarks, args.decontaminate)
     print_stats(stats, args.output)
     return stats
 

@@ -4,6 +4,11 @@ An answer that stops on the budget inside its reasoning or its response is conti
 MAX_CONTINUATIONS times). One whose reasoning closed with nothing after it gets the style's response opening (e.g.
 <response>), and the model writes the rest. Closing tags are only ever written by the model: what stays incomplete
 is reported as such, and an answer that loops (repeats itself until the budget) is not continued.
+
+The thinking budget (think_budget / answer_budget, as m1 does): an answer still inside its reasoning after
+think_budget tokens gets its reasoning closed for it, in the style's own layout (BUDGET_CLOSINGS: </think> and the
+response opening, or the "## Final Response" heading), and is asked to answer within answer_budget tokens. That is
+the one place a closing marker is written for the model; the answer says so (budget_closed) and reports count it.
 """
 from __future__ import annotations
 
@@ -13,6 +18,11 @@ from dataclasses import dataclass
 from .generation import GREEDY, Sampling, generate
 from .prompts import PromptStyle, generation_prompt
 from .tags import closing_marker, parse_answer, reasoning_closed_at
+
+# What closes a reasoning block that ran out of its thinking budget, per style: the layout the style trains (a style
+# with no reasoning block, "plain", has nothing to close: its answers are only cut and continued as before).
+BUDGET_CLOSINGS = {"think_response": "\n</think>\n<response>\n", "huatuo": "\n\n## Final Response\n\n",
+                   "r1": "\n</think>\n\n"}
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Answer:
     continuations: int
     opened_response: bool
     seconds: float  # wall time of the batch that answered it
+    budget_closed: bool = False  # reached the thinking budget inside its reasoning: we closed it and asked for the answer
 
     def as_row(self) -> dict:
         return dict(vars(self))
@@ -44,44 +55,68 @@ def _next_step(text: str, hit_budget: bool, style: PromptStyle) -> str | None:
     return None
 
 
+def _budget_closing(text: str, hit_budget: bool, style: PromptStyle) -> str | None:
+    """The text that closes this answer's reasoning, when it ran out of its thinking budget still inside it."""
+    closing = BUDGET_CLOSINGS.get(style.name)
+    if not hit_budget or closing is None or reasoning_closed_at(text, style) is not None:
+        return None
+    return closing
+
+
 def answer_batch(model, tokenizer, questions: list[str], style: PromptStyle, max_new_tokens: int,
                  sampling: Sampling = GREEDY, max_continuations: int = 2, continuation_tokens: int = 256,
                  streamer=None, engine: str = "auto", seed: int | None = None,
-                 batch_size: int | None = None) -> list[Answer]:
-    """Answer each question (all at once: the engine schedules them), then repair the ones cut by the budget."""
+                 batch_size: int | None = None, think_budget: int | None = None,
+                 answer_budget: int = 128) -> list[Answer]:
+    """Answer each question (all at once: the engine schedules them), then repair the ones cut by the budget.
+
+    think_budget: the answer's first think_budget tokens may reason; one still reasoning then has its reasoning
+    closed (BUDGET_CLOSINGS) and answer_budget tokens to answer in. None: max_new_tokens, then continuations."""
     start = time.time()
     prompts = [generation_prompt(tokenizer, q, style) for q in questions]
     texts, tokens = [""] * len(questions), [0] * len(questions)
     rounds, opened = [0] * len(questions), [False] * len(questions)
+    closed_by_budget = [False] * len(questions)
     ended = [True] * len(questions)
-    todo, budget = list(range(len(questions))), max_new_tokens
+    budgeted = bool(think_budget) and style.name in BUDGET_CLOSINGS
+    first = think_budget if budgeted else max_new_tokens
+    todo = {i: first for i in range(len(questions))}  # question -> the tokens it may write this round
     while todo:
-        outs = generate(model, tokenizer, [prompts[i] + texts[i] for i in todo], budget,
-                        batch_size=batch_size or len(todo),
-                        sampling=sampling, progress=False, streamer=streamer, engine=engine,
-                        stop_text=closing_marker(style), seed=seed)
-        still = []
-        for i, out in zip(todo, outs):
-            texts[i] += out.text
-            tokens[i] += out.tokens
-            ended[i] = out.ended
-            step = _next_step(texts[i], out.hit_budget, style)
-            if step is None or rounds[i] >= max_continuations:
-                continue
-            if step == "open_response":
-                texts[i] = texts[i].rstrip() + "\n" + style.response_opening
-                opened[i] = True
-                if streamer is not None:
-                    streamer.put_text("\n" + style.response_opening)
-            rounds[i] += 1
-            still.append(i)
-        todo, budget, seed = still, continuation_tokens, None if seed is None else seed + 1
+        still: dict[int, int] = {}
+        for budget in sorted(set(todo.values()), reverse=True):
+            group = [i for i in todo if todo[i] == budget]
+            outs = generate(model, tokenizer, [prompts[i] + texts[i] for i in group], budget,
+                            batch_size=batch_size or len(group), sampling=sampling, progress=False,
+                            streamer=streamer, engine=engine, stop_text=closing_marker(style), seed=seed)
+            for i, out in zip(group, outs):
+                texts[i] += out.text
+                tokens[i] += out.tokens
+                ended[i] = out.ended
+                closing = _budget_closing(texts[i], out.hit_budget, style) if budgeted else None
+                if closing and not closed_by_budget[i]:
+                    texts[i] = texts[i].rstrip() + closing
+                    closed_by_budget[i] = True
+                    if streamer is not None:
+                        streamer.put_text(closing)
+                    still[i] = answer_budget
+                    continue
+                step = _next_step(texts[i], out.hit_budget, style)
+                if step is None or rounds[i] >= max_continuations or closed_by_budget[i]:
+                    continue  # an answer asked for after the budget closed its reasoning has answer_budget, no more
+                if step == "open_response":
+                    texts[i] = texts[i].rstrip() + "\n" + style.response_opening
+                    opened[i] = True
+                    if streamer is not None:
+                        streamer.put_text("\n" + style.response_opening)
+                rounds[i] += 1
+                still[i] = continuation_tokens
+        todo, seed = still, None if seed is None else seed + 1
     seconds = time.time() - start
     answers = []
     for i, question in enumerate(questions):
         parsed = parse_answer(texts[i], style, ended[i])
         answers.append(Answer(question, texts[i].strip(), parsed.thinking, parsed.response, parsed.status,
-                              tokens[i], rounds[i], opened[i], round(seconds, 2)))
+                              tokens[i], rounds[i], opened[i], round(seconds, 2), closed_by_budget[i]))
     return answers
 
 

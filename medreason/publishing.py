@@ -146,6 +146,43 @@ def _evaluation_table(evaluation: dict | None) -> tuple[str, str]:
     return intro, "\n".join(rows)
 
 
+# --- exam benchmarks: one model-index entry per benchmark (the Hub shows them), and the table in the card ---------
+
+def read_benchmarks(run_dir: Path) -> dict | None:
+    """The run's exam-benchmark results (<run>/benchmarks/results.json, from BENCHMARKS or evaluate.py), if any."""
+    path = run_dir / "benchmarks" / "results.json"
+    return _read_run_json(path, ("benchmarks", "protocol")) if path.is_file() else None
+
+
+def benchmark_eval_results(benchmarks: dict | None) -> list:
+    """The tuned model's accuracy (%) on each benchmark as a model-index entry, named with its protocol and n."""
+    from huggingface_hub import EvalResult
+    if not benchmarks:
+        return []
+    entries = []
+    for name, row in benchmarks["benchmarks"].items():
+        hub = row.get("dataset_id", "") if str(row.get("dataset_id", "")).count("/") == 1 else None
+        tuned = row.get("tuned", {}).get("accuracy")
+        if tuned is None:
+            continue
+        entries.append(EvalResult(
+            task_type="multiple-choice", task_name=f"{name} ({benchmarks['protocol']} protocol)",
+            dataset_type=hub or name, dataset_name=name, dataset_config=row.get("subset") or None,
+            dataset_split=row.get("split") or None, metric_type="accuracy",
+            metric_name=f"accuracy, {benchmarks['protocol']} protocol, n={row['n']}",
+            metric_value=round(100 * tuned["value"], 2), verified=False))
+    return entries
+
+
+def benchmark_section(benchmarks: dict | None) -> str:
+    if not benchmarks:
+        return ""
+    from .report import benchmark_table
+    return (f"\n\n### Exam benchmarks\n\nProtocol **{benchmarks['protocol']}**: {benchmarks['protocol_detail']}. "
+            f"Accuracy in %, with 95% bootstrap intervals; base = the adapter disabled.\n\n"
+            + benchmark_table(benchmarks))
+
+
 def render_card(run_dir: Path, repo_id: str):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
     results, info, adapter_config = _run_facts(run_dir)
@@ -162,6 +199,8 @@ def render_card(run_dir: Path, repo_id: str):
                                metric_type=metric_names[name][0], metric_name=metric_names[name][1],
                                metric_value=round(metric["value"], 4))
                     for name, metric in tuned.items() if name in metric_names]
+    benchmarks = read_benchmarks(run_dir)
+    eval_results += benchmark_eval_results(benchmarks)
     backend = info.get("backend", results.get("plan", {}).get("backend", "transformers"))
     card_data = ModelCardData(
         base_model=base, library_name="peft", license=license_for(base), language=["en"],
@@ -169,6 +208,7 @@ def render_card(run_dir: Path, repo_id: str):
         tags=["medical", "chain-of-thought", "reasoning", "lora", "sft", "trl", backend],
         model_name=repo_id.split("/")[-1], eval_results=eval_results or None)
     intro, table = _evaluation_table(results.get("evaluation"))
+    table += benchmark_section(benchmarks)
     data = results.get("data", {})
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     shown = ["MODEL_NAME", "MAX_SEQ_LENGTH", "LOAD_IN_4BIT", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES",

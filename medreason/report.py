@@ -154,3 +154,116 @@ def safety_section(table: dict) -> list[str]:
         lines.append(f"| {SAFETY_NAMES[name]} | {table['tuned'][name]['n']} | " + " | ".join(cells)
                      + (f" | {diff:+.3f} |" if diff is not None else " |"))
     return lines + [""]
+
+
+
+# --- exam benchmarks (evaluate.py --benchmarks, the trainer's BENCHMARKS) -------------------------------------------
+
+def _pct(metric: dict) -> str:
+    lo, hi = metric["ci95"]
+    return "n/a" if math.isnan(metric["value"]) else f"{100 * metric['value']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def benchmark_table(table: dict) -> str:
+    """Markdown: accuracy (%) per benchmark and model with its interval, extraction, budget use, published rows."""
+    models = [m for m in ("base", "tuned") if m in table["average"]]
+    lines = ["| benchmark | n | " + " | ".join(f"{m} accuracy % [95% CI]" for m in models)
+             + " | " + " | ".join(f"{m} extracted %" for m in models) + " | budget closed (base/tuned) |",
+             "|---" * (2 + 2 * len(models) + 1) + "|"]
+    for name, row in table["benchmarks"].items():
+        closed = "/".join(str(row[m]["budget_closed"]) for m in models)
+        lines.append(f"| {name} | {row['n']} | " + " | ".join(_pct(row[m]["accuracy"]) for m in models) + " | "
+                     + " | ".join(f"{100 * row[m]['extraction_rate']['value']:.1f}" for m in models)
+                     + f" | {closed} |")
+    lines.append("| **average** | " + str(table["average"][models[-1]]["n"]) + " | "
+                 + " | ".join(_pct(table["average"][m]) for m in models) + " |" + " |" * len(models) + " |")
+    return "\n".join(lines)
+
+
+def reference_lines(table: dict) -> list[str]:
+    rows = [(name, r) for name, row in table["benchmarks"].items() for r in row["references"]]
+    if not rows:
+        return []
+    lines = ["| benchmark | published model | accuracy % | source |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['model']} | {r['accuracy']:.1f} | {r['source']}{' (' + r['note'] + ')' if r['note'] else ''} |"
+              for name, r in rows]
+    return lines
+
+
+def benchmark_lines(table: dict) -> list[str]:
+    """Short lines for the terminal."""
+    models = [m for m in ("base", "tuned") if m in table["average"]]
+    out = [f"protocol: {table['protocol']} ({table['protocol_detail']})"]
+    for name, row in list(table["benchmarks"].items()) + [("average", {**table["average"], "n": ""})]:
+        cells = []
+        for m in models:
+            metric = row[m] if name == "average" else row[m]["accuracy"]
+            extra = "" if name == "average" else (f", extracted {100 * row[m]['extraction_rate']['value']:.0f}%, "
+                                                  f"budget closed {row[m]['budget_closed']}")
+            cells.append(f"{m} {_pct(metric)}{extra}")
+        out.append(f"{name:<16} " + " | ".join(cells))
+    return out
+
+
+def plot_benchmarks(table: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = [m for m in ("base", "tuned") if m in table["average"]]
+    names = list(table["benchmarks"]) + ["average"]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.8))
+    width = 0.8 / len(models)
+    for k, m in enumerate(models):
+        metrics = [table["benchmarks"][n][m]["accuracy"] for n in names[:-1]] + [table["average"][m]]
+        values = [100 * x["value"] for x in metrics]
+        errors = [[v - 100 * x["ci95"][0] for v, x in zip(values, metrics)],
+                  [100 * x["ci95"][1] - v for v, x in zip(values, metrics)]]
+        ax.bar([i + k * width for i in range(len(names))], values, width, yerr=errors, capsize=3, label=m,
+               color=["#999999", "#2b7bba"][k - len(models) + 2])
+    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(names))], names, fontsize=8)
+    ax.set(ylabel="accuracy %", title=f"Exam benchmarks, {table['protocol']} protocol, 95% bootstrap intervals")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_benchmark_report(out_dir: Path, table: dict, answered: dict, suites: dict, meta: dict) -> dict[str, Path]:
+    """results.json (the table, meta), answers.jsonl (every answer with its scored letter), report.md, metrics.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"results": out_dir / "results.json", "report": out_dir / "report.md", "answers": out_dir / "answers.jsonl"}
+    files["results"].write_text(json.dumps({**meta, **table}, indent=2) + "\n")
+    with files["answers"].open("w", encoding="utf-8") as f:
+        for name, by_model in answered.items():
+            rows = suites[name][1]
+            for which, scored in by_model.items():
+                for row, a, letter, ok in zip(rows, scored.answers, scored.letters, scored.correct):
+                    f.write(json.dumps({"benchmark": name, "model": which, "answer_key": row["answer"],
+                                        "scored_letter": letter, "correct": bool(ok), "status": a.status,
+                                        "budget_closed": a.budget_closed, "tokens": a.tokens,
+                                        "question": row["question"], "text": a.text}) + "\n")
+    files["metrics_chart"] = plot_benchmarks(table, out_dir / "metrics.png")
+    budget = (f" Thinking budget: {table['think_budget']} tokens, then the reasoning is closed in the prompt "
+              f"style's layout and {table['answer_budget']} tokens are given to answer; 'budget closed' counts the "
+              f"answers that needed it." if table.get("think_budget") else " No thinking budget.")
+    lines = ["# Exam benchmarks", "", f"Protocol: **{table['protocol']}**: {table['protocol_detail']}.{budget} "
+             f"Base = the same weights with the adapter disabled. Each accuracy: value [95% bootstrap interval over "
+             f"questions]; the average weights each benchmark equally. Unextracted answers count as wrong.", "",
+             benchmark_table(table), "", "![benchmarks](metrics.png)", "", "## Rows", ""]
+    lines += [f"- **{name}**: {row['dataset']}: {row['sampled']}. {row['description']}"
+              for name, row in table["benchmarks"].items()]
+    models = [m for m in ("base", "tuned") if m in table["average"]]
+    lines += ["", "## Answer statuses", ""] + [f"- {name}, {m}: {row[m]['statuses']} (mean {row[m]['mean_tokens']:.0f} "
+                                              f"tokens)" for name, row in table["benchmarks"].items() for m in models]
+    if table.get("contamination") is not None:
+        lines += ["", "## Contamination (training rows sharing 64+ characters with a question, HuatuoGPT-o1's rule)",
+                  ""] + [f"- {name}: {c['count']} training row(s) of the adapter's data overlap the {c['checked']} "
+                         f"evaluated questions" + (f", e.g. {c['example']}" if c["example"] else "")
+                         for name, c in table["contamination"].items()]
+    refs = reference_lines(table)
+    if refs:
+        lines += ["", "## Published reference numbers", "", "For orientation only: other models, the full sets, "
+                  "their own protocol (HuatuoGPT-o1's is `--protocol huatuo`).", ""] + refs
+    files["report"].write_text("\n".join(lines) + "\n")
+    return files
