@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl"
 OUT = ROOT / "bench" / "out"
 
@@ -50,6 +52,8 @@ def run_trainer(label: str, overrides: list[str], rows: int) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"{label} failed:\n{log[-3000:]}")
     history = json.loads((out / "log_history.json").read_text())
+    plan = json.loads((out / "results.json").read_text()).get("plan", {})
+    parameters = re.search(r"trainable of ([\d,]+) parameters", log)
     final = next(e for e in reversed(history) if "train_runtime" in e)
     tokens = max(e.get("num_tokens", 0) for e in history)
     steps = final.get("step") or max(e.get("step", 0) for e in history)
@@ -57,7 +61,9 @@ def run_trainer(label: str, overrides: list[str], rows: int) -> dict:
             "train_seconds": final["train_runtime"], "seconds_per_step": final["train_runtime"] / max(steps, 1),
             "tokens": tokens, "tokens_per_second": tokens / final["train_runtime"],
             "rows_per_second": rows / final["train_runtime"], "peak_rss_gb": peak[0] / 2**30,
-            "wall_seconds": time.time() - start}
+            "wall_seconds": time.time() - start, "backend": plan.get("backend"), "precision": plan.get("precision"),
+            "parameters": int(parameters.group(1).replace(",", "")) if parameters else None,
+            "gradient_checkpointing": "--GRADIENT_CHECKPOINTING=True" in overrides}
 
 
 def save(name: str, payload: dict) -> Path:
@@ -73,3 +79,29 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(format(row[k], f) if f else str(row[k]) for _, k, f in columns) + " |")
     return "\n".join(lines)
+
+
+def cpu_rates() -> dict:
+    """This CPU's measured fp32 and bf16 matmul rates (the roofline of a compute-bound step), printed first, so a
+    figure from one CPU is never read as another's."""
+    from dataclasses import asdict
+
+    from medreason import hardware
+    rates = hardware.cpu_rates()
+    print(f"[bench] this CPU: {rates.describe()}")
+    return asdict(rates)
+
+
+def add_roofline(run: dict, rates: dict) -> dict:
+    """The run's achieved matmul rate beside this CPU's roofline for its precision. Work per trained token: 2N
+    forward + 2N backward through the activations (a LoRA's frozen weights get no gradient; the adapter's own share
+    is under 1%), +2N when gradient checkpointing recomputes the forward; N = the model's parameters."""
+    per_token = (6 if run["gradient_checkpointing"] else 4) * (run["parameters"] or 0)
+    roof = rates["bf16_gflops"] if run["precision"] == "bf16" else rates["fp32_gflops"]
+    achieved = run["tokens_per_second"] * per_token / 1e9
+    return {**run, "achieved_gflops": achieved, "roofline_gflops": roof, "share_of_roofline": achieved / roof}
+
+
+ROOFLINE_COLUMNS = [("run", "label", ""), ("backend", "backend", ""), ("precision", "precision", ""),
+                    ("tokens/s", "tokens_per_second", ".1f"), ("achieved GFLOP/s", "achieved_gflops", ".1f"),
+                    ("roofline GFLOP/s", "roofline_gflops", ".1f"), ("share", "share_of_roofline", ".1%")]

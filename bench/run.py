@@ -21,6 +21,8 @@ def main(argv=None) -> None:
     gen = eval_generation.main(["--max-new-tokens", "48"] if quick else [])
     back = backends.main(["--steps", "2"] if quick else [])
     print("\n=== ratios ===")
+    print(f"this CPU: fp32 {train['cpu']['fp32_gflops']:.1f} GFLOP/s, bf16 {train['cpu']['bf16_gflops']:.1f} GFLOP/s "
+          f"(measured matmuls; {train['cpu']['model'] or 'CPU'})")
     print(f"training throughput, ours / reference recipe: {train['ratio_tokens_per_second']:.2f}x (target >= 2x)")
     print(f"evaluation generation, continuous batching / one-by-one: {gen['ratio']:.2f}x (batched path "
           f"{gen['ratio_batched']:.2f}x; target >= 5x)")

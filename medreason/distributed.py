@@ -45,10 +45,14 @@ def quiet_other_processes() -> None:
     if is_main():
         return
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
-    import datasets
-    import transformers
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    # Through the environment, which both libraries read when imported: importing them here would put transformers
+    # before Unsloth on these ranks (Unsloth patches at import and must come first), unlike on the main one.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported by someone else: tell it directly
+        sys.modules["transformers"].logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def wait() -> None:

@@ -148,7 +148,7 @@ def build_trainer(model, tokenizer, examples: list[dict], dpo_config, backend: s
     """trl's DPOTrainer on the pairs; the reference model is the SFT adapter's frozen copy ("ref")."""
     from datasets import Dataset
 
-    from .training import guard_checkpoint_saves
+    from .training import guard_checkpoint_saves, keep_trainable_weights_in_run_precision
     if backend == "unsloth":  # as Unsloth documents for DPO: patch before the trainer is built
         from unsloth import PatchDPOTrainer
         PatchDPOTrainer()
@@ -158,6 +158,7 @@ def build_trainer(model, tokenizer, examples: list[dict], dpo_config, backend: s
     if REFERENCE not in trainer.model.peft_config:
         raise RuntimeError("trl's DPOTrainer did not add its frozen 'ref' copy of the SFT adapter (see this module's "
                            "docstring); the reference model would be the raw base model.")
+    keep_trainable_weights_in_run_precision(trainer)
     guard_checkpoint_saves(trainer)
     return trainer
 

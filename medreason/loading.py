@@ -73,25 +73,29 @@ def adapter_base(folder: Path, info: dict) -> str:
 
 
 def choose_backend(backend: str) -> str:
-    """'auto' = Unsloth's fast inference on a CUDA GPU where it imports; transformers + peft elsewhere."""
-    import importlib.util
-
-    import torch
-    if backend not in {"auto", "unsloth", "transformers"}:
-        raise UserError(f"--backend {backend!r}: choose auto, unsloth or transformers.")
-    if backend == "auto":
-        return "unsloth" if torch.cuda.is_available() and importlib.util.find_spec("unsloth") else "transformers"
-    return backend
+    """The run's one backend rule (runtime.choose_backend), for answering: Unsloth's fast inference on a CUDA GPU
+    where it imports (a failed import said loudly), transformers + peft on a CPU unless --backend unsloth. Unsloth,
+    when chosen, is imported here, before any model code."""
+    from .runtime import choose_backend as one_rule
+    reasons: list[str] = []
+    try:
+        chosen = one_rule(backend, hardware.detect().device, reasons, generation=True)
+    except UserError as e:
+        raise UserError(str(e).replace("--BACKEND=", "--backend ").replace("BACKEND=", "--backend ")) from None
+    for reason in reasons:
+        if not reason.startswith("WARNING"):  # a warning was printed when it was decided
+            print(f"[load] {reason}")
+    return chosen
 
 
 def load(source: str, base_model: str | None = None, backend: str = "transformers", device: str | None = None,
          max_seq_length: int = 2048, precision: str = "auto") -> Loaded:
     """Model, tokenizer and the prompt style the model was trained with, ready to generate."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # before transformers, so that its patches apply
     from transformers import AutoModelForCausalLM
 
     from .modeling import load_tokenizer, resolve_model_path
-    if backend == "unsloth":
-        from unsloth import FastLanguageModel  # before peft/transformers models are built, so its patches apply
     folder = fetch(source)
     info = read_training_info(folder)
     style = trained_style(info)

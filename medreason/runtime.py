@@ -87,9 +87,11 @@ def plan_run(cfg, origins: dict[str, str]) -> Plan:
     reasons += [f"{name}: {why}. --{name}=... sets it." for name, why in size_for_cpu(cfg, origins, device).items()]
     processes = distributed.world_size()
     reasons.append(effective_batch(cfg, origins, processes))
-    backend = choose_backend(cfg.BACKEND, device, reasons)
+    backend = choose_backend(cfg.BACKEND, device, reasons, cfg.PRECISION)
     precision, why = hardware.choose_precision(cfg.PRECISION, machine, backend)
     reasons.append(f"precision: {why}")
+    if why.startswith("WARNING"):
+        print(f"[plan] {why}")
     if device == "cuda":
         load_in_4bit, optim = cfg.LOAD_IN_4BIT, "adamw_8bit"
         reasons.append("optimizer: 8-bit AdamW (bitsandbytes) to save GPU memory")
@@ -131,8 +133,13 @@ def effective_batch(cfg, origins: dict[str, str], processes: int) -> str:
     return said
 
 
-def choose_backend(requested: str, device: str, reasons: list[str]) -> str:
-    """'unsloth' wherever it imports (its CPU mode included) unless BACKEND says otherwise; else transformers."""
+def choose_backend(requested: str, device: str, reasons: list[str], precision: str = "auto",
+                   generation: bool = False) -> str:
+    """The one backend rule, for training (plan_run: SFT, DPO, RL) and for answering (loading.choose_backend:
+    evaluate.py, inference.py, the page). On CUDA: Unsloth wherever it imports, and a failed import is said loudly.
+    On a CPU: Unsloth's CPU mode computes in bf16, so it trains only where this CPU computes bf16 faster than fp32
+    (measured: hardware.cpu_rates); elsewhere transformers + peft in fp32. Answering on a CPU uses transformers +
+    peft (the generation engine measured in bench/RESULTS.md) unless --backend unsloth."""
     if requested not in {"auto", "unsloth", "transformers"}:
         raise UserError(f"BACKEND={requested!r}: choose 'auto', 'unsloth' or 'transformers'.")
     if requested == "transformers" or device == "mps":
@@ -153,16 +160,54 @@ def choose_backend(requested: str, device: str, reasons: list[str]) -> str:
         reasons.append(f"backend: transformers + peft, because {distributed.world_size()} CPU processes train over "
                        f"gloo and Unsloth's CPU mode is a single-process path")
         return "transformers"
+    if device == "cpu" and requested == "auto":
+        if (why_fp32 := _cpu_wants_fp32(precision, generation)) is not None:
+            reasons.append(f"backend: transformers + peft, because {why_fp32}")
+            return "transformers"
     why_not = _import_unsloth()
     if why_not and requested == "unsloth":
         raise UserError(f"BACKEND='unsloth' but {why_not}. Fix: install it, or --BACKEND=transformers.")
     if why_not:
         reasons.append(f"backend: transformers + peft, because {why_not}")
+        if device == "cuda":
+            warn_unsloth_fallback(why_not, reasons)
         return "transformers"
-    reasons.append("backend: unsloth (fast LoRA kernels; default wherever it imports"
-                   + (", here in its CPU mode)" if device == "cpu" else ")")
-                   + (f"; under DDP with {distributed.world_size()} processes Unsloth 2026.10.9 puts each process's "
-                      f"model on its LOCAL_RANK GPU and sets DDP's unused-parameter search itself (not yet run on "
-                      f"several GPUs by this project: --BACKEND=transformers is the tested path)"
-                      if distributed.is_distributed() else ""))
+    reasons.append(_unsloth_reason(device))
     return "unsloth"
+
+
+def _cpu_wants_fp32(precision: str, generation: bool) -> str | None:
+    """Why BACKEND='auto' on a CPU is transformers + peft (fp32 or what PRECISION asks), or None for Unsloth's CPU
+    mode: only where bf16 is this CPU's faster dtype, measured."""
+    if generation:
+        return "answering on a CPU runs the transformers generation engine (--backend unsloth for Unsloth's)"
+    if precision == "fp32":
+        return "PRECISION='fp32' and Unsloth's CPU mode computes in bf16"
+    rates = hardware.cpu_rates()
+    if precision == "bf16" or rates.bf16_faster:
+        return None
+    return (f"Unsloth's CPU mode computes in bf16 and this CPU computes bf16 {rates.bf16_slowdown():.1f}x slower than "
+            f"fp32 ({rates.describe()}), so fp32 is the fast path here (--BACKEND=unsloth forces Unsloth)")
+
+
+def _unsloth_reason(device: str) -> str:
+    if device == "cpu":
+        rates = hardware.cpu_rates()
+        where = (f"in its CPU mode, bf16: this CPU computes bf16 {1 / rates.bf16_slowdown():.1f}x faster than fp32 "
+                 f"({rates.describe()})" if rates.bf16_faster else "in its CPU mode, bf16, as asked")
+    else:
+        where = "fast LoRA kernels; default wherever it imports"
+    return ("backend: unsloth (" + where + ")"
+            + (f"; under DDP with {distributed.world_size()} processes Unsloth 2026.10.9 puts each process's "
+               f"model on its LOCAL_RANK GPU and sets DDP's unused-parameter search itself (not yet run on "
+               f"several GPUs by this project: --BACKEND=transformers is the tested path)"
+               if distributed.is_distributed() else ""))
+
+
+def warn_unsloth_fallback(why_not: str, reasons: list[str]) -> None:
+    """A GPU run that wanted Unsloth and fell back: said loudly, with what it costs and how to make it an error."""
+    line = (f"WARNING: Unsloth is not used on this GPU: {why_not}. The run falls back to transformers + peft, about "
+            f"2x slower and with more GPU memory (Unsloth's figures; 1.9x on this project's CPU bench). Fix the "
+            f"import, or run with --BACKEND=unsloth to make this an error instead of a fallback.")
+    reasons.append(line)
+    print(f"[plan] {line}", flush=True)

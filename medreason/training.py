@@ -125,10 +125,47 @@ def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config, ear
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
     callbacks = [EarlyStoppingCallback(early_stopping_patience)] if early_stopping_patience else None
+    asked = sft_config.per_device_eval_batch_size, sft_config.eval_accumulation_steps
     trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks)
+    say_eval_batch_changes(trainer, *asked)
+    keep_trainable_weights_in_run_precision(trainer)
     guard_checkpoint_saves(trainer)
     return trainer
+
+
+def keep_trainable_weights_in_run_precision(trainer) -> None:
+    """trl's SFTTrainer and DPOTrainer (1.15.0 and 1.16.0, __init__'s `_is_quantized_model` block) cast every
+    trainable parameter of a 4-bit or 8-bit model to bf16, following the QLoRA paper, whatever the run's precision.
+    With fp16 mixed precision (a T4) the gradient scaler then meets bf16 gradients and the first optimizer step
+    fails ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'); with fp32 the adapter
+    would silently train in bf16. So unless the run is bf16, those weights go back to fp32: safe here, because the
+    Trainer creates the optimizer later, in train(). (Unsloth's rewritten trainers skip trl's cast: no-op there.)"""
+    import torch
+    if trainer.args.bf16:
+        return
+    cast = [p for p in trainer.model.parameters() if p.requires_grad and p.dtype == torch.bfloat16]
+    for param in cast:
+        param.data = param.data.float()
+    if cast:
+        mode = "fp16 mixed precision" if trainer.args.fp16 else "fp32"
+        print(f"[train] {len(cast)} trainable LoRA tensors that trl cast to bf16 for a quantized model are fp32 again: "
+              f"this run trains in {mode}, whose gradient scaler cannot take bf16 gradients")
+
+
+def say_eval_batch_changes(trainer, eval_batch: int, eval_accumulation) -> None:
+    """Unsloth's rewritten trainer (unsloth 2026.10.9, models/rl.py, the eval-batch block) lowers an eval batch of
+    exactly 8 to the train batch when that is smaller, and sets eval_accumulation_steps to GRAD_ACCUM: the eval loss
+    is the same, computed in smaller batches (within the train step's memory). Kept, and said, since the settings
+    printed above show EVAL_BATCH_SIZE."""
+    now = trainer.args.per_device_eval_batch_size, trainer.args.eval_accumulation_steps
+    if now[0] == eval_batch:
+        return
+    print(f"[train] Unsloth's trainer changed the eval-loss batch: EVAL_BATCH_SIZE {eval_batch} -> {now[0]} rows per "
+          f"pass, eval_accumulation_steps {eval_accumulation} -> {now[1]} (its rule for an eval batch of 8 above the "
+          f"train batch, to stay within training's memory). The eval loss is unchanged, only computed in smaller "
+          f"batches; answer generation still uses EVAL_BATCH_SIZE={eval_batch}. Any other EVAL_BATCH_SIZE is kept "
+          f"as given.")
 
 
 def report_early_stop(trainer) -> str | None:

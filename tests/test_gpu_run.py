@@ -4,14 +4,18 @@ resume across base models."""
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
 from trl import SFTConfig  # noqa: F401  imported before any test pretends to have CUDA (its import asks torch.cuda)
 
 import medical_fine_tuning
+from conftest import ROOT
 from medreason import exports, hardware, loading, modeling, publishing, runtime, settings, tracking, training
 from medreason.errors import UserError
 from medreason.prompts import TEMPLATE_DATE, generation_prompt, get_style
@@ -278,3 +282,128 @@ def test_an_export_that_fails_never_costs_the_push(tiny_model_dir, tmp_path, mon
     assert "[export] merged 16-bit model FAILED (OSError" in printed
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "hub_upload" / "README.md").is_file()
     assert not (out / "adapter" / "README.md").exists()  # peft's placeholder card (a local cache path) is gone
+
+
+# --- issue #31: the GPU path read against the pinned sources (trl 1.15.0, unsloth 2026.10.9) ---------------------
+
+FP16_ON_CPU = runtime.Plan("transformers", "cpu", "fp16", False, "adamw_torch")  # a T4's precision, run on this CPU
+
+
+def flag_quantized(peft_model):
+    """What loading in 4-bit sets (transformers' bitsandbytes quantizer); trl reads it through the peft wrapper."""
+    peft_model.get_base_model().is_loaded_in_4bit = True
+
+
+def assert_trainable_fp32(model):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.float32}
+
+
+def test_a_quantized_model_trained_in_fp16_keeps_fp32_lora_weights_in_sft_and_dpo(tiny_model_dir, tiny_adapter,
+                                                                                    demo_rows, tmp_path, capsys):
+    """trl casts a 4-bit model's trainable weights to bf16 in both trainers' __init__; fp16's gradient scaler would
+    then fail at the first step on a T4 ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for
+    'BFloat16'). After each trainer is built, every trainable weight is fp32 again."""
+    from datasets import Dataset
+    from test_training import settings
+    from medreason import dpo, preference
+    from medreason.modeling import load_for_training
+    from medreason.preference import Pair
+    from medreason.prompts import to_conversation
+    cfg = settings(tmp_path)
+    model, tokenizer = load_for_training(cfg, runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch"),
+                                         str(tiny_model_dir))
+    flag_quantized(model)
+    rows = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:4]])
+    config = training.build_sft_config(cfg, FP16_ON_CPU, [], tmp_path / "sft")
+    assert config.fp16
+    trainer = training.build_trainer(model, tokenizer, rows, rows, config)
+    assert_trainable_fp32(trainer.model)
+    assert "trainable LoRA tensors that trl cast to bf16 for a quantized model are fp32 again" in capsys.readouterr().out
+
+    folder, info = dpo.sft_facts(str(tiny_adapter))
+    dpo_cfg = type(cfg)(**{**vars(cfg), "BETA": 0.1, "MAX_SEQ_LENGTH": 128, "OUTPUT_DIR": str(tmp_path / "dpo")})
+    policy = dpo.load_policy(folder, info, runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch"), dpo_cfg)
+    flag_quantized(policy)
+    pair = Pair("What causes scurvy?", "<think>\nVitamin C.\n</think>\n<response>\nVitamin C deficiency.\n</response>",
+                "bananas")
+    examples = [preference.to_dpo_example(pair, get_style("think_response"), tokenizer)] * 2
+    dpo_trainer = dpo.build_trainer(policy, tokenizer, examples, dpo.build_dpo_config(
+        dpo_cfg, FP16_ON_CPU, [], tmp_path / "dpo" / "checkpoints"), "transformers")
+    assert_trainable_fp32(dpo_trainer.model)
+    assert "are fp32 again" in capsys.readouterr().out
+
+
+def test_a_t4_whose_unsloth_import_fails_says_so_loudly_before_falling_back(monkeypatch, capsys):
+    pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
+    why = "unsloth failed to import: ModuleNotFoundError: No module named 'regex'"
+    monkeypatch.setattr(runtime, "_import_unsloth", lambda: why)
+    plan = runtime.plan_run(*script_settings())
+    assert (plan.backend, plan.precision) == ("transformers", "fp16")
+    warning = next(line for line in capsys.readouterr().out.splitlines() if "WARNING" in line)
+    assert "No module named 'regex'" in warning and "falls back to transformers + peft" in warning
+    assert "2x slower" in warning and "--BACKEND=unsloth to make this an error" in warning
+    with pytest.raises(UserError, match="BACKEND='unsloth' but unsloth failed to import.*Fix"):
+        runtime.plan_run(*script_settings("--BACKEND=unsloth"))
+
+
+def test_the_cuda_allocator_setting_is_in_the_environment_before_cuda_starts(monkeypatch):
+    """unsloth_zoo sets PYTORCH_ALLOC_CONF=expandable_segments:True when imported, but PyTorch reads it when CUDA
+    starts, and hardware.detect() (settings step) starts CUDA before Unsloth is imported."""
+    pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build of torch
+    for name in hardware.ALLOC_CONF_VARS:
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: seen.append(
+        os.environ.get("PYTORCH_ALLOC_CONF")) or "Tesla T4")
+    assert hardware.detect() == T4
+    assert seen == ["expandable_segments:True"]  # torch >= 2.10 reads the unified name
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")  # the user's own setting wins
+    hardware.detect()
+    assert seen[-1] is None and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
+UNSLOTH_STUB = ("import sys\nprint('unsloth imported with transformers already loaded:', 'transformers' in "
+                "sys.modules, flush=True)\nclass FastLanguageModel:\n    pass\n")
+
+
+def python(code: str, tmp_path, **env) -> subprocess.CompletedProcess:
+    """A fresh interpreter, whose `import unsloth` finds a stub that records whether transformers came first (the
+    order is what is checked: the real Unsloth warns, and patches less, when it does)."""
+    (tmp_path / "unsloth").mkdir(exist_ok=True)
+    (tmp_path / "unsloth" / "__init__.py").write_text(UNSLOTH_STUB)
+    environment = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_unsloth_is_imported_before_transformers_wherever_it_will_be_used(tmp_path, tiny_model_dir):
+    load = python("from medreason import loading, errors\ntry:\n    loading.load('/no/adapter', backend='unsloth')\n"
+                  "except errors.UserError as e:\n    print('refused:', e)", tmp_path)
+    assert "transformers already loaded: False" in load.stdout and "refused: /no/adapter" in load.stdout, load.stderr
+    # the training script, up to its dry run (settings, backend, trainer config, data, preflight)
+    script = subprocess.run([sys.executable, "medical_fine_tuning.py", f"--MODEL_NAME={tiny_model_dir}",
+                             "--BACKEND=unsloth", "--DATASET=demo", "--DRY_RUN=True", f"--OUTPUT_DIR={tmp_path}/run",
+                             "--REPORT_TO=none"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert "transformers already loaded: False" in script.stdout, script.stdout[-2000:] + script.stderr[-2000:]
+    # a second process under accelerate launch quiets transformers and datasets without importing them
+    quiet = python("import sys\nfrom medreason import distributed\ndistributed.quiet_other_processes()\n"
+                   "import os\nsys.stderr.write(repr([m for m in ('transformers', 'datasets') if m in sys.modules]) + "
+                   "os.environ['TRANSFORMERS_VERBOSITY'] + os.environ['HF_DATASETS_DISABLE_PROGRESS_BARS'])",
+                   tmp_path, RANK="1", WORLD_SIZE="2")
+    assert quiet.stderr.endswith("[]error1"), quiet.stderr[-2000:]
+
+
+def test_fp32_with_unsloth_on_an_ampere_gpu_is_refused_because_its_trainer_would_train_in_bf16(monkeypatch):
+    pretend_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
+    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)
+    with pytest.raises(UserError, match=r"PRECISION='fp32' with the Unsloth backend on NVIDIA A100.*turns bf16.*"
+                                        r"Fix: --PRECISION=auto \(bf16\), or --BACKEND=transformers"):
+        runtime.plan_run(*script_settings("--PRECISION=fp32"))
+    plan = runtime.plan_run(*script_settings("--PRECISION=fp32", "--BACKEND=transformers"))
+    assert (plan.backend, plan.precision) == ("transformers", "fp32")
+    pretend_gpu(monkeypatch, "Tesla T4", (7, 5))  # Unsloth keeps an fp32 load in fp32 where bf16 is not native
+    assert runtime.plan_run(*script_settings("--PRECISION=fp32")).precision == "fp32"
