@@ -29,6 +29,7 @@ DATASET = ""  # "" = the SFT run's held-out validation.jsonl; or a file / Hub id
 #               rows {question, options, answer}, questions {question}, or ready-made pairs {prompt, chosen, rejected}
 DATASET_CONFIG: str | None = None  # the Hub dataset's subset, if it has several
 TRAIN_QUESTIONS: int | None = None  # questions (or ready-made pairs) to train on; None = all but the held-out ones
+#                                      (the CPU demo caps them: each costs NUM_CANDIDATES answers and their verdicts)
 EVAL_SAMPLES = 20  # questions held out (seeded) for SFT vs DPO; never used for pairs
 SEED = 3407  # the held-out split, the candidates' sampling, DPO's shuffling
 
@@ -81,6 +82,31 @@ def automatic_preset(values: dict, given: set[str]):
     return _DEMO_PRESET, f"no CUDA GPU, so {what} (configs/preference/{_DEMO_PRESET}.yaml; --NAME=value still wins)"
 
 
+def demo_note(cfg) -> str:
+    """What the CPU demo does, with its real counts (the [estimate] line that follows gives its minutes)."""
+    questions = (f"at most {cfg.TRAIN_QUESTIONS} questions for pairs (--TRAIN_QUESTIONS=N asks more: each adds "
+                 f"{cfg.NUM_CANDIDATES} answers and their verdicts)" if cfg.TRAIN_QUESTIONS is not None
+                 else "every question but the held-out ones for pairs")
+    judge = ("and its own judge" if (cfg.JUDGE, cfg.JUDGE_MODEL) == ("model", "embedded") else
+             f"judged by {cfg.JUDGE_MODEL if cfg.JUDGE == 'model' else f'JUDGE={cfg.JUDGE!r}'}")
+    return (f"DEMO MODE: the SFT adapter {cfg.SFT_ADAPTER} is the policy, {judge}, on {questions} and "
+            f"{cfg.EVAL_SAMPLES} held out for SFT vs DPO, {cfg.MAX_STEPS} DPO steps, written to {cfg.OUTPUT_DIR}")
+
+
+def say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, questions, held_out, ready):
+    """The stage's time from its real work (questions x candidates x tokens, DPO steps x pairs), before it starts."""
+    from medreason import dpo, estimates
+    from medreason.modeling import resolve_model_path
+    from medreason.prompts import prompt_length
+    asked = ([] if ready else questions) + held_out
+    prompt = sum(prompt_length(tokenizer, q.text, style) for q in asked) / max(len(asked), 1)
+    shape, why = estimates.model_shape(resolve_model_path(dpo.sft_base(sft_folder, sft_info)))
+    judge, judge_why = (estimates.model_shape(resolve_model_path(cfg.JUDGE_MODEL)) if cfg.JUDGE == "model"
+                        else (None, ""))
+    estimates.say(estimates.preference(cfg, plan, shape, why, 0 if ready else len(questions), len(held_out), prompt,
+                                       candidates=not ready, judge=judge, judge_why=judge_why))
+
+
 def place_output(cfg, origins) -> None:
     """OUTPUT_DIR "" = beside the SFT run (outputs/<run>-dpo), so the demo never writes into a real run's folder."""
     if cfg.OUTPUT_DIR:
@@ -123,11 +149,10 @@ def main(argv):
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")
     tracking.load_secrets()
     plan = runtime.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
-    demo_note = (f"DEMO MODE: the embedded SmolLM2-135M is the policy (SFT adapter {cfg.SFT_ADAPTER}) and its own "
-                 f"judge, on a handful of held-out questions, for {cfg.MAX_STEPS} DPO steps, written to "
-                 f"{cfg.OUTPUT_DIR}")
-    settings.print_settings("preference_tuning.py", cfg, origins, plan.reasons,
-                            notes=(demo_note,) if cfg.PRESET == _DEMO_PRESET else ())
+    demo = cfg.PRESET == _DEMO_PRESET
+    if demo:  # the trainer's DEMO MODE line describes the trainer's demo; this stage says its own (demo_note)
+        plan.reasons = [r for r in plan.reasons if not r.startswith("DEMO MODE")]
+    settings.print_settings("preference_tuning.py", cfg, origins, plan.reasons, notes=(demo_note(cfg),) if demo else ())
     out = Path(cfg.OUTPUT_DIR)
 
     # 0. Checks, before anything long: the SFT adapter (the demo trains it first), the DPO config, W&B, resume.
@@ -150,6 +175,7 @@ def main(argv):
         pairs, examples = preference.fit_pairs(ready, style, tokenizer, cfg.MAX_SEQ_LENGTH)
     else:
         train_rows = preference.fit_questions(train_rows, style, tokenizer, cfg.MAX_SEQ_LENGTH)
+    say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, train_rows, held_out, ready)
     clock.lap("questions")
 
     # 2. Model: the SFT adapter as the trainable policy; the judge (the policy's own base, or its own weights).

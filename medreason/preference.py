@@ -278,12 +278,6 @@ def to_dpo_example(pair: Pair, style, tokenizer) -> dict:
             "rejected": [{"role": "assistant", "content": pair.rejected}]}
 
 
-def prompt_tokens(example: dict, tokenizer) -> int:
-    """Tokens of the example's prompt, tokenized as trl tokenizes it."""
-    from .prompts import tokenize_example
-    return tokenize_example(tokenizer, {"prompt": example["prompt"], "completion": example["chosen"]})[1]
-
-
 def fit_questions(questions: list[Question], style, tokenizer, max_len: int) -> list[Question]:
     """Questions whose SFT prompt leaves room for an answer within MAX_SEQ_LENGTH; the others dropped, counted."""
     from .prompts import prompt_length
@@ -294,12 +288,33 @@ def fit_questions(questions: list[Question], style, tokenizer, max_len: int) -> 
 
 
 def fit_pairs(pairs: list[Pair], style, tokenizer, max_len: int) -> tuple[list[Pair], list[dict]]:
-    """Pairs (and their trl examples) whose prompt leaves room for an answer within MAX_SEQ_LENGTH."""
+    """Pairs (and their trl examples) whose prompt leaves room for an answer within MAX_SEQ_LENGTH; of those, the ones
+    trl will cut (prompt + answer longer than MAX_SEQ_LENGTH: it keeps the start) counted and said."""
+    from .prompts import tokenize_example
     examples = [to_dpo_example(p, style, tokenizer) for p in pairs]
-    lengths = [prompt_tokens(e, tokenizer) for e in examples]
-    kept = [i for i, n in enumerate(lengths) if n < max_len]
-    _report_fit("pairs", len(pairs), len(kept), max(lengths), max_len)
+    lengths = []
+    for e in examples:
+        ids, n_prompt = tokenize_example(tokenizer, {"prompt": e["prompt"], "completion": e["chosen"]})
+        rejected = len(tokenize_example(tokenizer, {"prompt": e["prompt"], "completion": e["rejected"]})[0])
+        lengths.append((n_prompt, len(ids), rejected))
+    kept = [i for i, (n, _, _) in enumerate(lengths) if n < max_len]
+    _report_fit("pairs", len(pairs), len(kept), max(n for n, _, _ in lengths), max_len)
+    _report_cut([lengths[i] for i in kept], max_len)
     return [pairs[i] for i in kept], [examples[i] for i in kept]
+
+
+def _report_cut(lengths: list[tuple[int, int, int]], max_len: int) -> None:
+    """One line when trl's DPOTrainer will cut answers: how many pairs, by how much, what is lost."""
+    chosen = [c - max_len for _, c, _ in lengths if c > max_len]
+    rejected = [r - max_len for _, _, r in lengths if r > max_len]
+    if not chosen and not rejected:
+        return
+    cut = sum(1 for _, c, r in lengths if max(c, r) > max_len)
+    longest = max(max(c, r) for _, c, r in lengths)
+    print(f"[preflight] {cut} of {len(lengths)} pairs are longer than MAX_SEQ_LENGTH={max_len} (by up to "
+          f"{longest - max_len} tokens; {len(chosen)} chosen, {len(rejected)} rejected answers): trl's DPOTrainer "
+          f"keeps their first {max_len} tokens, so DPO compares those answers without their end. Fix: "
+          f"--MAX_SEQ_LENGTH={longest} keeps every pair whole.")
 
 
 def _report_fit(what: str, total: int, kept: int, longest: int, max_len: int) -> None:
@@ -309,4 +324,5 @@ def _report_fit(what: str, total: int, kept: int, longest: int, max_len: int) ->
         raise UserError(f"every one of the {total} {what} has a prompt of MAX_SEQ_LENGTH={max_len} tokens or more "
                         f"(longest {longest}), so no answer token could be trained. Fix: "
                         f"--MAX_SEQ_LENGTH={longest + 512}, or shorter questions.")
-    print(f"[preflight] dropped {total - kept} of {total} {what} whose prompt alone fills MAX_SEQ_LENGTH={max_len}")
+    print(f"[preflight] dropped {total - kept} of {total} {what} whose prompt alone fills MAX_SEQ_LENGTH={max_len} "
+          f"(longest {longest} tokens)")

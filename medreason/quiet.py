@@ -20,6 +20,24 @@ _BNB_CPU_KERNEL = ("Failed to load CPU gemm_4bit_forward from kernels-community:
 _TORCHAO_SO = re.compile(r"Failed to load \S*torchao[/\\]_C\S*\.so: Could not load this library: ")
 
 
+# transformers' continuous batching, on a request the project cancelled once its closing tag was complete
+# (generation._continuous): the answer's next token was usually its end of turn, so the request had already finished
+# and freed its cache blocks when the manager read the cancellation; `clear_cancelled_requests` frees again without
+# checking, finds nothing and logs this. Nothing is freed twice (the block table no longer holds the request), so
+# the line is filtered, but only for requests generation.py cancelled: any other such line still prints.
+_CB_FREE = re.compile(r"CacheAllocator \d+ attempted to free blocks for non-existent request_id: (\S+)$")
+# A tokenizer's model_max_length is the run's MAX_SEQ_LENGTH where Unsloth saved it, not the model's context, and
+# the project says itself what happens to longer inputs: preflight.check_lengths (training, cut and counted),
+# preference.fit_pairs (DPO, cut and counted), preflight.prompt_lengths_line (evaluation: answered whole).
+_TOO_LONG = "Token indices sequence length is longer than the specified maximum sequence length for this model"
+
+
+def _cancelled_by_us(record) -> bool:
+    from .generation import cancelled_requests
+    found = isinstance(record.msg, str) and _CB_FREE.match(record.msg)
+    return bool(found) and found.group(1) in cancelled_requests()
+
+
 def _cpu_only_torch() -> bool:
     import torch  # already imported by whoever logged
     return torch.version.cuda is None
@@ -30,6 +48,9 @@ KNOWN_HARMLESS = {
     "bitsandbytes.backends.cpu.ops": lambda record: record.msg == _BNB_CPU_KERNEL,
     "torchao": lambda record: isinstance(record.msg, str) and bool(_TORCHAO_SO.match(record.msg))
     and _cpu_only_torch(),
+    "ContinuousBatchingLogger": _cancelled_by_us,
+    "transformers.tokenization_utils_base": lambda record: isinstance(record.msg, str)
+    and record.msg.startswith(_TOO_LONG),
 }
 
 
