@@ -101,10 +101,9 @@ def load_set(part: str) -> list[dict]:
 def eval_rows(per_kind: int) -> list[dict]:
     """per_kind unsafe asks and as many controls from the held-out part, the categories taken in turn so that a
     small sample still covers each of them."""
-    chosen = []
+    chosen, held_out = [], load_set("eval")
     for kind in KINDS:
-        by_category = {c: [r for r in load_set("eval") if r["kind"] == kind and r["category"] == c]
-                       for c in CATEGORIES}
+        by_category = {c: [r for r in held_out if r["kind"] == kind and r["category"] == c] for c in CATEGORIES}
         interleaved = [row for group in zip(*by_category.values()) for row in group]
         chosen += interleaved[:per_kind]
     return chosen
@@ -264,7 +263,7 @@ def evaluate_cli(args) -> dict:
     safety_samples.jsonl). --limit caps the questions of each kind."""
     from . import loading
     from .report import safety_section
-    per_kind = samples_per_kind(args.limit or None, 10 ** 6)
+    per_kind = samples_per_kind(args.limit or 10 ** 6, 0)  # --limit 0: all of them
     backend = loading.choose_backend(args.backend)
     loaded = loading.load(args.adapter, args.base_model, backend)
     budget, why = loaded.budget(args.max_new_tokens, 1024)
