@@ -180,9 +180,11 @@ def build_grpo_config(cfg, plan, report_to: list[str], checkpoint_dir: Path, wei
     if cfg.USE_VLLM and importlib.util.find_spec("vllm") is None:
         raise UserError("USE_VLLM=True but vLLM is not installed. Fix: --USE_VLLM=False (sampling with the model "
                         "itself), or pip install vllm where its torch pin fits yours (not on Colab's torch).")
+    shared = trainer_arguments(cfg, plan, report_to, checkpoint_dir)
+    shared.pop("dataset_num_proc", None)  # GRPO tokenizes prompts as it samples: GRPOConfig has no such field
     try:
         return GRPOConfig(
-            **trainer_arguments(cfg, plan, report_to, checkpoint_dir),
+            **shared,
             num_generations=cfg.NUM_GENERATIONS,  # answers sampled per question: the group whose mean is the baseline
             max_completion_length=cfg.MAX_NEW_TOKENS,
             temperature=cfg.TEMPERATURE,
@@ -289,26 +291,43 @@ def sft_adapter_name(model, sft_folder: Path) -> str:
     return SFT_ADAPTER_NAME
 
 
-def compare(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg, plan) -> dict:
-    """{"sft": ModelAnswers, "rl": ModelAnswers} on the held-out questions: the project's evaluator (greedy, the
-    same prompts, accuracy and extraction with bootstrap intervals), each stage's adapter switched on in turn."""
+def compare(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg, plan) -> tuple[dict, dict]:
+    """({"sft": ModelAnswers, "rl": ModelAnswers}, {stage: answer statuses}) on the held-out questions, each
+    stage's adapter switched on in turn on one loaded model. Multiple-choice rows: the strict exam protocol
+    (protocols.run: the trained prompt, greedy, the last explicit answer; none or several letters = an extraction
+    failure, scored wrong), accuracy and extraction with bootstrap intervals; medical-o1 rows: evaluation.score."""
     from .dpo import POLICY, for_generation
-    from .evaluation import score
     sft = sft_adapter_name(model, sft_folder)
     for_generation(model, plan.backend)
-    results = {}
+    results, statuses = {}, {}
     for name, adapter in (("sft", sft), ("rl", POLICY)):
         model.set_adapter(adapter)
-        rows = [_eval_row(q, kind) for q in questions]
-        results[name] = score(model, tokenizer, rows, "mcq" if kind == "mcq" else "reasoning", style,
-                              cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE, f"{name.upper()} model answering", cfg.SEED)
+        results[name], statuses[name] = _answer(model, tokenizer, questions, kind, style, cfg, f"{name.upper()} model")
     model.set_adapter(POLICY)
-    return results
+    return results, statuses
+
+
+def _answer(model, tokenizer, questions, kind: str, style, cfg, label: str):
+    from .evaluation import ModelAnswers, mean_metric, score
+    from .metrics import status_counts
+    if kind == "mcq":
+        from .protocols import run
+        print(f"[evaluate] {label} answering {len(questions)} held-out questions (strict protocol)")
+        scored = run(model, tokenizer, [q.row for q in questions], "strict", style, cfg.MAX_NEW_TOKENS,
+                     cfg.EVAL_BATCH_SIZE, seed=cfg.SEED)
+        metrics = {name: scored.metrics[name] for name in ("accuracy", "extraction_rate")}
+        metrics["format_compliance"] = mean_metric([float(a.status == "complete") for a in scored.answers],
+                                                   seed=cfg.SEED)
+        return ModelAnswers([a.text for a in scored.answers], metrics), scored.metrics["statuses"]
+    rows = [_eval_row(q, kind) for q in questions]
+    answers = score(model, tokenizer, rows, "reasoning", style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
+                    f"{label} answering", cfg.SEED)
+    return answers, status_counts(answers.answers, style, answers.ended)
 
 
 def _eval_row(question, kind: str) -> dict:
-    return question.row if kind in ("mcq", "reasoning") else {"Question": question.text, "Complex_CoT": "",
-                                                             "Response": question.reference or ""}
+    return question.row if kind == "reasoning" else {"Question": question.text, "Complex_CoT": "",
+                                                     "Response": question.reference or ""}
 
 
 def evaluate(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg, plan, out: Path,
@@ -319,12 +338,13 @@ def evaluate(model, tokenizer, questions, kind: str, style, sft_folder: Path, cf
         print("[evaluate] no held-out questions with answers to grade (EVAL_SAMPLES=0, or bare questions): no SFT vs "
               "RL comparison")
         return None
-    results = compare(model, tokenizer, questions, kind, style, sft_folder, cfg, plan)
-    report = write_rl_report(out / "evaluation", results, questions, style,
-                             {"data": cfg.DATASET or "the demo questions", "kind": kind,
-                              "max_new_tokens": cfg.MAX_NEW_TOKENS}, log_history, reward_names, timing)
+    results, statuses = compare(model, tokenizer, questions, kind, style, sft_folder, cfg, plan)
+    report = write_rl_report(out / "evaluation", results, statuses, questions,
+                             {"data": cfg.DATASET, "kind": kind, "protocol": "strict" if kind == "mcq" else
+                              "evaluation.score", "max_new_tokens": cfg.MAX_NEW_TOKENS},
+                             log_history, reward_names, timing)
     print(f"[evaluate] SFT vs RL -> {report}")
-    return rl_comparison_json(results, style)
+    return rl_comparison_json(results, statuses)
 
 
 def reward_trend(log_history: list[dict], key: str) -> tuple[float | None, float | None, float | None]:
@@ -346,8 +366,6 @@ def run_metrics(comparison: dict | None, log_history: list[dict], reward_names: 
     metrics.update({k: v for k, v in timing.items() if k.startswith("mean_")})
     if comparison:
         for name in comparison["rl"]:
-            if name == "statuses":
-                continue
             metrics[name], metrics[f"sft_{name}"] = comparison["rl"][name]["value"], comparison["sft"][name]["value"]
     return metrics
 

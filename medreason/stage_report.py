@@ -131,13 +131,12 @@ RL_NOTE = ("SFT = the adapter the RL stage started from; RL = the same adapter a
            "wrong.")
 
 
-def rl_comparison_json(results: dict, style) -> dict:
+def rl_comparison_json(results: dict, statuses: dict) -> dict:
     """The metrics of both stages with their intervals, the differences, and each stage's answer statuses."""
-    from .metrics import status_counts
     table = {name: answers.metrics for name, answers in results.items()}
     table["difference"] = {m: results["rl"].metrics[m]["value"] - results["sft"].metrics[m]["value"]
                            for m in results["rl"].metrics}
-    table["statuses"] = {name: status_counts(a.answers, style, a.ended) for name, a in results.items()}
+    table["statuses"] = statuses
     return table
 
 
@@ -173,16 +172,16 @@ def reward_lines(log_history: list[dict], reward_names: list[str]) -> list[str]:
     return lines
 
 
-def write_rl_report(out_dir: Path, results: dict, questions, style, meta: dict, log_history: list[dict],
+def write_rl_report(out_dir: Path, results: dict, statuses: dict, questions, meta: dict, log_history: list[dict],
                     reward_names: list[str], timing: dict) -> Path:
     """evaluation/results.json, report.md and reward_curves.png: SFT vs RL on the held-out questions."""
     from .report import ORDER, fmt_metric
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = rl_comparison_json(results, style)
+    table = rl_comparison_json(results, statuses)
     (out_dir / "results.json").write_text(json.dumps({**meta, **table}, indent=2) + "\n")
     curves = plot_reward_curves(log_history, reward_names, out_dir / "reward_curves.png")
     lines = ["# SFT vs RL", "", f"Data: {meta.get('data', '?')} (n = {len(questions)} held-out questions). "
-             + RL_NOTE + " Each cell: value [95% bootstrap interval]; overlapping intervals mean the difference is "
+             + RL_NOTE + f" Protocol: {meta.get('protocol', '?')}. Each cell: value [95% bootstrap interval]; overlapping intervals mean the difference is "
              "not distinguishable from noise at this sample size.", "",
              "| metric | SFT | RL | difference |", "|---|---|---|---|"]
     lines += [f"| {name} | {fmt_metric(results['sft'].metrics[name])} | {fmt_metric(results['rl'].metrics[name])} | "
