@@ -2,6 +2,7 @@
 
     python app.py --adapter outputs/demo-smollm2-135m/adapter        # the CPU demo adapter, offline; open the URL
     python app.py --adapter your-name/medical-llama-3.2-3b-lora      # a published adapter (or a merged folder)
+    python app.py --gguf outputs/<run>/gguf/<run>-q8_0.gguf          # a GGUF export, answered by llama.cpp
     MEDREASON_ADAPTER=your-name/medical-llama-3.2-3b-lora python app.py   # how a Space is told (a Space variable)
 
 Each question is asked alone, with exactly the prompt the model was trained with. The reasoning streams into a
@@ -41,6 +42,7 @@ def parse_args(argv):
     p.add_argument("--adapter", default=os.environ.get(ADAPTER_VARIABLE, ""),
                    help=f"adapter folder, Hub repo id of a published adapter, or a merged model folder "
                         f"(default: ${ADAPTER_VARIABLE})")
+    p.add_argument("--gguf", help="a GGUF file from SAVE_GGUF, answered by llama.cpp (instead of --adapter)")
     p.add_argument("--base-model", default=os.environ.get(BASE_VARIABLE) or None,
                    help=f"base model to put the adapter on (default: ${BASE_VARIABLE}, else the one it was trained on)")
     p.add_argument("--backend", default=BACKEND, choices=["auto", "unsloth", "transformers"])
@@ -54,21 +56,36 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
-    from medreason import loading, tracking, webchat
-    from medreason.errors import UserError
+    from medreason import webchat
     from medreason.generation import Sampling
+    if args.gguf:
+        from medreason.gguf import load_gguf
+        loaded, source = load_gguf(args.gguf), args.gguf
+        print(f"[load] GGUF {args.gguf} via llama.cpp; prompt style {loaded.style.name}")
+    else:
+        loaded, source = load_adapter(args), args.adapter
+    page = webchat.build_page(loaded, source, EXAMPLES, args.max_new_tokens,
+                              Sampling(SAMPLE, TEMPERATURE, TOP_P, REPETITION_PENALTY), args.max_continuations,
+                              args.continuation_tokens, CONCURRENCY_LIMIT, QUEUE_SIZE)
+    return serve(page, args)
+
+
+def load_adapter(args):
+    from medreason import loading, tracking
+    from medreason.errors import UserError
     if not args.adapter:
         raise UserError(f"no model to serve. Fix: python app.py --adapter outputs/<run>/adapter (or a Hub id like "
                         f"your-name/medical-llama-3.2-3b-lora), or set {ADAPTER_VARIABLE} (on a Space: Settings -> "
-                        f"Variables).")
+                        f"Variables), or python app.py --gguf <file>.gguf.")
     tracking.load_secrets()  # HF_TOKEN for a private adapter, from .env
     backend = loading.choose_backend(args.backend)
     loaded = loading.load(args.adapter, args.base_model, backend)
     print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device}); "
           f"prompt style {loaded.style.name}")
-    page = webchat.build_page(loaded, args.adapter, EXAMPLES, args.max_new_tokens,
-                              Sampling(SAMPLE, TEMPERATURE, TOP_P, REPETITION_PENALTY), args.max_continuations,
-                              args.continuation_tokens, CONCURRENCY_LIMIT, QUEUE_SIZE)
+    return loaded
+
+
+def serve(page, args) -> int:
     print(f"[app] serving on http://{args.host}:{args.port} (Ctrl+C stops it)")
     page.launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True)
     return 0

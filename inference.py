@@ -4,6 +4,7 @@
     python inference.py --adapter your-name/medical-llama-3.2-3b-lora --question "…"   # a published adapter
     python inference.py --adapter <dir> --input questions.jsonl --output answers.jsonl   # batch mode
     python inference.py --adapter <dir>                                                 # interactive chat
+    python inference.py --gguf outputs/<run>/gguf/<run>-q8_0.gguf --question "…"       # a GGUF export, in llama.cpp
 
 The prompt (system prompt included) is the one the model was trained with. Answers cut off by the token budget
 are continued; closing tags are only ever written by the model. Batch mode exits with status 3 if any answer is
@@ -29,8 +30,11 @@ REPETITION_PENALTY = 1.0  # >1 discourages loops in small models (1.1 is a mild 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--adapter", required=True, help="adapter folder, Hub repo id of a published adapter, or a "
-                                                    "merged model folder")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--adapter", help="adapter folder, Hub repo id of a published adapter, or a merged model "
+                                         "folder")
+    model.add_argument("--gguf", help="a GGUF file from SAVE_GGUF, answered by llama.cpp (llama-cpp-python) with "
+                                      "the prompt in the training_info.json beside it")
     p.add_argument("--backend", default=BACKEND, choices=["auto", "unsloth", "transformers"],
                    help="auto = Unsloth's fast inference on a CUDA GPU, transformers + peft elsewhere")
     p.add_argument("--base-model", help="base model to put the adapter on (default: the one it was trained on; "
@@ -79,10 +83,16 @@ def main(argv) -> int:
     from medreason.safety import emergency_line
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
     questions = read_questions(args.input) if args.input else None  # a bad file is reported before the model loads
-    backend = loading.choose_backend(args.backend)
-    loaded = loading.load(args.adapter, args.base_model, backend)
-    print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device})",
-          file=sys.stderr)
+    if args.gguf:
+        from medreason.gguf import load_gguf
+        loaded = load_gguf(args.gguf)
+        print(f"[load] GGUF {args.gguf} via llama.cpp ({loaded.model.device}); prompt style {loaded.style.name}",
+              file=sys.stderr)
+    else:
+        backend = loading.choose_backend(args.backend)
+        loaded = loading.load(args.adapter, args.base_model, backend)
+        print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device})",
+              file=sys.stderr)
     options = dict(sampling=Sampling(args.sample, args.temperature, args.top_p, args.repetition_penalty),
                    max_continuations=args.max_continuations, continuation_tokens=args.continuation_tokens,
                    engine=args.engine)

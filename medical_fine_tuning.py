@@ -82,7 +82,8 @@ PUSH_TO_HUB: bool | str = False  # True: upload adapter + model card (needs a wr
 HF_REPO_ID = ""  # e.g. "your-name/medical-llama-3.2-3b-lora"; empty = HF_REPO_ID from .env
 HF_PRIVATE = True  # create the Hub repo private (make it public on the Hub when you are happy with it)
 SAVE_MERGED = False  # also write OUTPUT_DIR/merged: base + adapter folded into one 16-bit model (~6 GB for 3B)
-SAVE_GGUF = ""  # "" = none; "q4_k_m" (small, for Ollama/llama.cpp) or "q8_0": needs llama.cpp, Unsloth backend
+SAVE_GGUF = ""  # "" = none; "q4_k_m" (small, for Ollama/llama.cpp), "q8_0", or several: "q4_k_m,q8_0" (+ Modelfile)
+GGUF_EXPORTER = "llama.cpp"  # llama.cpp's converter/quantizer from llama-cpp-python (offline); or "unsloth"
 
 
 def main(argv):
@@ -105,7 +106,7 @@ def main(argv):
 
     # 0. Every setting-derived object is built now, so a bad setting costs seconds: push, exports, W&B, the trainer.
     push_plan = publishing.check_push(cfg.PUSH_TO_HUB, cfg.HF_REPO_ID, cfg.HF_PRIVATE, out.name)
-    export_plan = exports.check_exports(cfg.SAVE_MERGED, cfg.SAVE_GGUF, plan.backend, model_path)
+    export_plan = exports.check_exports(cfg.SAVE_MERGED, cfg.SAVE_GGUF, plan.backend, model_path, cfg.GGUF_EXPORTER)
     report_to = tracking.setup_wandb(cfg.REPORT_TO, cfg.WANDB_PROJECT, cfg.OUTPUT_DIR)
     sft_config = training.build_sft_config(cfg, plan, report_to, out / "checkpoints")
 
@@ -153,7 +154,8 @@ def main(argv):
 
     # 7. Publish, then exports: the adapter is on disk, and no export can cost the push.
     pushed = publishing.publish(out, push_plan)
-    exported = exports.run_exports(export_plan, model, tokenizer, plan.backend, model_path, adapter_dir, out)
+    exported = exports.run_exports(export_plan, model, tokenizer, plan.backend, model_path, adapter_dir, out,
+                                   cfg.MAX_NEW_TOKENS)
     tracking.finish(metrics)
     print_summary(out, plan, clock, adapter_dir, results_path, comparison, eval_loss, metrics)
     return metrics, pushed, exported

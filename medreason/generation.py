@@ -66,6 +66,8 @@ def generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size
 
     batch_size: answers generated at once (continuous batching: seats). A streamer (one text) receives the new
     tokens as they come; min_new_tokens (benchmarks) forbids an earlier end of turn; seed makes sampling repeatable."""
+    if getattr(model, "is_llama_cpp", False):  # a GGUF answering in llama.cpp (medreason/gguf.py): its own engine
+        return model.generate_texts(tokenizer, texts, max_new_tokens, sampling, streamer, stop_text, seed)
     chosen, why = choose_engine(engine, model, tokenizer, texts, sampling, streamer, min_new_tokens)
     _say_once(f"[generate] engine: {chosen} ({why})")
     if seed is not None:

@@ -246,8 +246,39 @@ def build_upload_folder(run_dir: Path, repo_id: str) -> Path:
     for path in (run_dir / "adapter").iterdir():
         if path.is_file() and path.name != "README.md":  # peft's placeholder card is replaced by ours
             shutil.copy2(path, folder / path.name)
+    card.text += add_gguf_files(run_dir, folder, repo_id)
     card.save(folder / "README.md")
     return folder
+
+
+GGUF_DIR = "gguf"  # OUTPUT_DIR/gguf (SAVE_GGUF, medreason/gguf.py): uploaded beside the adapter when present
+
+
+def add_gguf_files(run_dir: Path, folder: Path, repo_id: str) -> str:
+    """The run's GGUF export (its .gguf files, Modelfile, training_info.json) linked into the upload folder, and the
+    card's section listing them with their sizes and the Ollama command; "" when the run made none."""
+    from .gguf import MODELFILE
+    source = run_dir / GGUF_DIR
+    files = sorted(source.glob("*.gguf")) + [source / n for n in (MODELFILE, "training_info.json")] \
+        if source.is_dir() else []
+    files = [p for p in files if p.is_file()]
+    if not any(p.suffix == ".gguf" for p in files):
+        return ""
+    (folder / GGUF_DIR).mkdir()
+    for path in files:
+        try:
+            os.link(path, folder / GGUF_DIR / path.name)  # no second copy of a multi-GB file
+        except OSError:
+            shutil.copy2(path, folder / GGUF_DIR / path.name)
+    name = repo_id.split("/")[-1].lower()
+    rows = "\n".join(f"| `{GGUF_DIR}/{p.name}` | {p.stat().st_size / 1e6:,.1f} MB |" for p in files)
+    first = next(p.name for p in files if p.suffix == ".gguf")
+    return (f"\n\n## GGUF for llama.cpp and Ollama\n\nThe adapter merged into the base model, converted and "
+            f"quantized with llama.cpp's own tools. The `{MODELFILE}` holds the model's chat template, the trained "
+            f"system prompt, the stop tokens and greedy decoding.\n\n| File | Size |\n|---|---|\n{rows}\n\n"
+            f"```bash\nhf download {repo_id} --include '{GGUF_DIR}/*' --local-dir {name}\n"
+            f"cd {name}/{GGUF_DIR} && ollama create {name} -f {MODELFILE} && ollama run {name}\n"
+            f"# or: python inference.py --gguf {name}/{GGUF_DIR}/{first} (this project, llama-cpp-python)\n```\n")
 
 
 def describe_folder(folder: Path) -> str:

@@ -205,7 +205,8 @@ def make_responder(loaded, max_continuations: int, continuation_tokens: int):
 
 
 def _parameters(model) -> str:
-    count = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+    count = model.n_params() if hasattr(model, "n_params") else \
+        sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)  # a GGUF: llama.cpp counts
     return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
 
 
@@ -220,6 +221,7 @@ def banner(loaded, source: str) -> str:
     base = (f"{EMBEDDED_HUB_ID} (the 4-bit build embedded in this project)" if loaded.base_model == EMBEDDED
             else _short(loaded.base_model))
     what = (f"a small LoRA fine-tune (adapter `{_short(source)}`) of **{base}**" if loaded.kind == "adapter"
+            else f"a fine-tuned model (`{_short(source)}`, a GGUF answered by llama.cpp)" if loaded.kind == "gguf"
             else f"a fine-tuned model (`{_short(source)}`, merged)")
     return (f"**What this is:** {what}, {_parameters(loaded.model)} parameters, trained on medical "
             f"chain-of-thought examples to reason step by step before it answers. It is a small research model: "

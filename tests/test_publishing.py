@@ -120,12 +120,12 @@ def test_merged_export_gives_the_same_logits_as_base_plus_adapter(tiny_model_dir
 
 
 def test_export_preflight(capsys):
-    assert exports.check_exports(False, "", "transformers", "any") == exports.ExportPlan(False, "")
+    assert exports.check_exports(False, "", "transformers", "any") == exports.ExportPlan(False, ())
     with pytest.raises(UserError, match="SAVE_GGUF='q5'"):
         exports.check_exports(False, "q5", "unsloth", "any")
-    with pytest.raises(UserError, match="needs the Unsloth backend"):
-        exports.check_exports(False, "q4_k_m", "transformers", "any")
-    assert exports.check_exports(False, "q4_k_m", "unsloth", "any").gguf == "q4_k_m"
+    with pytest.raises(UserError, match="needs the Unsloth backend"):  # llama.cpp's exporter works on both (test_gguf)
+        exports.check_exports(False, "q4_k_m", "transformers", "any", exporter="unsloth")
+    assert exports.check_exports(False, "q4_k_m", "unsloth", "any", exporter="unsloth").gguf == ("q4_k_m",)
     assert "llama.cpp" in capsys.readouterr().out
     # Merging into a pre-quantized base on the transformers backend is refused before training, not after it
     # (offline, the Hub id cannot be read, so its name is the evidence).
