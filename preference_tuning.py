@@ -87,9 +87,9 @@ def demo_note(cfg) -> str:
     questions = (f"at most {cfg.TRAIN_QUESTIONS} questions for pairs (--TRAIN_QUESTIONS=N asks more: each adds "
                  f"{cfg.NUM_CANDIDATES} answers and their verdicts)" if cfg.TRAIN_QUESTIONS is not None
                  else "every question but the held-out ones for pairs")
-    judge = ("and its own judge" if (cfg.JUDGE, cfg.JUDGE_MODEL) == ("model", "embedded") else
-             f"judged by {cfg.JUDGE_MODEL if cfg.JUDGE == 'model' else f'JUDGE={cfg.JUDGE!r}'}")
-    return (f"DEMO MODE: the SFT adapter {cfg.SFT_ADAPTER} is the policy, {judge}, on {questions} and "
+    judge = ("its base model (adapter off) the judge" if (cfg.JUDGE, cfg.JUDGE_MODEL) == ("model", "embedded") else
+             f"the judge {cfg.JUDGE_MODEL if cfg.JUDGE == 'model' else f'JUDGE={cfg.JUDGE!r}'}")
+    return (f"DEMO MODE: the SFT adapter {cfg.SFT_ADAPTER} is the policy and {judge}, on {questions} and "
             f"{cfg.EVAL_SAMPLES} held out for SFT vs DPO, {cfg.MAX_STEPS} DPO steps, written to {cfg.OUTPUT_DIR}")
 
 
@@ -103,8 +103,11 @@ def say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, questions, h
     shape, why = estimates.model_shape(resolve_model_path(dpo.sft_base(sft_folder, sft_info)))
     judge, judge_why = (estimates.model_shape(resolve_model_path(cfg.JUDGE_MODEL)) if cfg.JUDGE == "model"
                         else (None, ""))
+    references = [q.reference for q in asked if q.reference]
+    reference = sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references) / max(len(asked), 1)
     estimates.say(estimates.preference(cfg, plan, shape, why, 0 if ready else len(questions), len(held_out), prompt,
-                                       candidates=not ready, judge=judge, judge_why=judge_why))
+                                       candidates=not ready, judge=judge, judge_why=judge_why,
+                                       reference_tokens=reference))
 
 
 def place_output(cfg, origins) -> None:

@@ -23,12 +23,13 @@ from .judging import PROBES  # verdicts the judge gives before the candidates
 
 # Measured on the 2-core AMD EPYC of this project's CI (avx512_bf16; fp32 matmul ~150 GFLOP/s, bf16 ~350) with the
 # embedded SmolLM2-135M, torch 2.13 / transformers 5.17; `python -m medreason.estimates` prints them again.
-STEP_SECONDS_PER_LAYER = 0.0010  # fixed cost of one decoding step, per layer (32 ms / step for 30 layers at 1 seat)
-DECODE_EFFICIENCY = 0.45  # share of the matmul rate one more answer in flight costs (4 ms per seat-step for 135M)
+STEP_SECONDS_PER_LAYER = 0.0015  # fixed cost of one decoding step, per layer: 32-75 ms / step for 30 layers at 1 seat
+DECODE_EFFICIENCY = 0.25  # share of the matmul rate one more answer in flight reaches: 4-13 ms per seat-step, 135M
 READ_EFFICIENCY = 0.45  # share of the matmul rate a forward pass over whole sequences reaches
 TRAIN_EFFICIENCY = {"fp32": 0.45, "bf16": 0.30}  # of the rate, forward + backward (bench/RESULTS.md: transformers
 #                                                  fp32 74-90 tokens/s with checkpointing, Unsloth bf16 197 without)
 ANSWER_FILL = 0.55  # an answer's average share of its token budget (4,455 of 32 x 256 tokens, bench/RESULTS.md)
+CONTINUATION_TOKENS = 2 * 256  # answering.answer_batch continues an answer cut by its budget twice, 256 tokens each
 PREFILL_CHUNK = 256  # prompt tokens a continuous-batching step reads (generation.cache_config's max_batch_tokens)
 RUBRIC_TOKENS = 130  # the judge's rubric and system prompt around a question and an answer (judging.RUBRIC)
 
@@ -221,18 +222,22 @@ def say_evaluation(loaded, rows: list[dict], kind: str, budget: int, batch_size:
 
 
 def preference(cfg, plan, shape: Shape | None, why: str, questions: int, held_out: int, prompt_tokens: float,
-               candidates: bool, judge: Shape | None = None, judge_why: str = "") -> Estimate:
-    """preference_tuning.py: questions x candidates x tokens, the judge's verdicts (judge: its shape when it is a
-    model), DPO steps x pairs x 2 sequences (policy forward and backward, the frozen reference forward), then SFT vs
-    DPO on the held-out questions."""
+               candidates: bool, judge: Shape | None = None, judge_why: str = "",
+               reference_tokens: float = 0.0) -> Estimate:
+    """preference_tuning.py: questions x candidates x tokens (an answer cut by its budget is continued: answering.py),
+    the judge's verdicts (judge: its shape when it is a model; each reads the rubric, the question, the answer and
+    the reference), DPO steps x pairs x 2 sequences (policy forward and backward, the frozen reference forward), then
+    SFT vs DPO on the held-out questions (their answers, the references' perplexity, the judge)."""
     est = Estimate("preference stage")
     rate, basis = rate_for(plan.precision, plan.device)
     if shape is None or rate is None:
         est.note = "not made: " + (why if shape is None else basis)
         return est
     est.basis = f"{basis}, {shape.params / 1e6:.0f}M parameters per token"
-    budget, answer = cfg.MAX_NEW_TOKENS, cfg.MAX_NEW_TOKENS * ANSWER_FILL
-    verdict_prompt = RUBRIC_TOKENS + prompt_tokens + answer * 2  # the question, the answer and the reference
+    budget = cfg.MAX_NEW_TOKENS
+    longest = budget + CONTINUATION_TOKENS  # a candidate: its budget, then up to two continuations
+    answer = longest * ANSWER_FILL
+    verdict_prompt = RUBRIC_TOKENS + prompt_tokens + answer + reference_tokens
 
     def verdicts(n: int) -> float:
         return generation_seconds(judge, n * cfg.JUDGE_SAMPLES, cfg.JUDGE_MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
@@ -242,9 +247,9 @@ def preference(cfg, plan, shape: Shape | None, why: str, questions: int, held_ou
         est.note = f"the judge is not counted: {judge_why}"
     if candidates:
         k = cfg.NUM_CANDIDATES
-        est.parts.append(Part("candidates", generation_seconds(shape, questions * k, budget,
+        est.parts.append(Part("candidates", generation_seconds(shape, questions * k, longest,
                                                                cfg.GENERATION_BATCH_SIZE, prompt_tokens, rate),
-                              f"{questions} questions x {k} answers x <={budget} tokens"))
+                              f"{questions} questions x {k} answers x <={budget}(+{CONTINUATION_TOKENS}) tokens"))
         if judge:
             n = questions * k + PROBES
             est.parts.append(Part("judge", verdicts(n), f"{n} answers x {cfg.JUDGE_SAMPLES} verdicts"))
@@ -255,7 +260,8 @@ def preference(cfg, plan, shape: Shape | None, why: str, questions: int, held_ou
                           + reading_seconds(shape, tokens, rate),
                           f"{cfg.MAX_STEPS} steps x {pairs} pairs x 2 x ~{sequence:.0f} tokens"))
     if held_out:
-        answers = 2 * generation_seconds(shape, held_out, budget, cfg.EVAL_BATCH_SIZE, prompt_tokens, rate)
+        answers = 2 * (generation_seconds(shape, held_out, budget, cfg.EVAL_BATCH_SIZE, prompt_tokens, rate)
+                       + reading_seconds(shape, held_out * (prompt_tokens + reference_tokens), rate))
         est.parts.append(Part("SFT vs DPO", answers + verdicts(2 * held_out),
                               f"{held_out} questions x 2 models x <={budget} tokens"))
     return est
