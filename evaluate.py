@@ -141,8 +141,10 @@ def run_benchmarks(args) -> dict:
     if loaded.kind != "adapter" and not args.no_base:
         raise UserError(f"{args.adapter} is a merged model: there is no adapter to disable for the base "
                         f"comparison. Fix: pass the adapter folder, or --no-base.")
-    fallback = protocols.HUATUO_MAX_NEW_TOKENS if args.protocol == "huatuo" else MAX_NEW_TOKENS
-    budget, why = loaded.budget(args.max_new_tokens, fallback)
+    if args.protocol == "huatuo" and args.max_new_tokens is None:  # the protocol's own budget, as its eval.py
+        budget, why = protocols.HUATUO_MAX_NEW_TOKENS, "HuatuoGPT-o1's eval.py default"
+    else:
+        budget, why = loaded.budget(args.max_new_tokens, MAX_NEW_TOKENS)
     think = args.think_budget or None
     print(f"[bench] protocol {args.protocol}; {budget} new tokens per answer ({why})"
           + (f"; thinking budget {think} + {args.answer_budget} to answer" if think else ""))

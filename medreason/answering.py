@@ -36,7 +36,7 @@ class Answer:
     continuations: int
     opened_response: bool
     seconds: float  # wall time of the batch that answered it
-    budget_closed: bool = False  # reached the thinking budget inside its reasoning: we closed it and asked for the answer
+    budget_closed: bool = False  # still reasoning at the thinking budget: we closed it and asked for the answer
 
     def as_row(self) -> dict:
         return dict(vars(self))

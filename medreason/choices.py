@@ -8,7 +8,7 @@ from .tags import parse_answer
 INSTRUCTION = "Choose the single best option. End your response with: The answer is <letter>."
 
 _EXPLICIT = re.compile(
-    r"(?:answer|option|choice)\s*(?:is|:|would be|=)?\s*(?:option\s*)?[(\[]?([A-Z])[)\]]?(?![A-Za-z])"
+    r"(?:answer|option|choice)\s*(?:is\s*:?|:|would be|=)?\s*(?:option\s*)?[(\[*]*([A-Z])[)\]*]?(?![A-Za-z])"
     r"(?P<more>\s*(?:or|and|/|,)\s*(?:option\s*)?[(\[]?[A-Z][)\]]?(?![A-Za-z]))?", re.I)
 _LONE = re.compile(r"^\s*(?:option\s*)?[(\[]?([A-Z])(?:[)\].:]|\s*$)", re.I)
 

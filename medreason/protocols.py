@@ -85,9 +85,10 @@ def run(model, tokenizer, rows: list[dict], protocol: str, style: PromptStyle, m
         answer_budget: int = 128) -> Scored:
     """Answer the rows under the protocol, through the one engine (answering.answer_batch), and score them."""
     questions, asked_style, sampling = ask(rows, protocol, style)
+    # No continuations: an exam answer has its token budget, and the thinking budget is the one repair.
     answers = answer_batch(model, tokenizer, questions, asked_style, max_new_tokens, sampling=sampling,
-                           engine=engine, seed=seed if sampling.do_sample else None, batch_size=batch_size,
-                           think_budget=think_budget, answer_budget=answer_budget)
+                           max_continuations=0, engine=engine, seed=seed if sampling.do_sample else None,
+                           batch_size=batch_size, think_budget=think_budget, answer_budget=answer_budget)
     return score(rows, answers, protocol, asked_style, seed)
 
 

@@ -185,8 +185,8 @@ def reference_lines(table: dict) -> list[str]:
     if not rows:
         return []
     lines = ["| benchmark | published model | accuracy % | source |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['model']} | {r['accuracy']:.1f} | {r['source']}{' (' + r['note'] + ')' if r['note'] else ''} |"
-              for name, r in rows]
+    lines += [f"| {name} | {r['model']} | {r['accuracy']:.1f} | {r['source']}"
+              + (f" ({r['note']}) |" if r["note"] else " |") for name, r in rows]
     return lines
 
 
