@@ -7,11 +7,13 @@ run's one precision decision). With BETA > 0, trl adds a frozen copy of it named
 model, not the raw base); with BETA = 0 (trl's default, as in DAPO and Dr. GRPO) there is no reference, and the SFT
 adapter is loaded again as "sft" only for the SFT vs RL evaluation at the end.
 
-A CPU note (trl issue #3739, "GRPO training hanging on a CPU"): GRPOTrainer samples with model.generate and stops a
-completion only at the end-of-turn token, so with the defaults (8 generations of up to 512 tokens, no stop text) a
-CPU spends many minutes per step with no output at all, which reads as a hang; a model that loops never stops
-before the budget. This stage logs every step and sizes the CPU preset (configs/rl/demo.yaml) so a step takes
-seconds, and prints the measured seconds per step split into generation and update (StepTimer).
+A CPU note (trl issue #3739, "GRPO training hanging on a CPU", trl 0.19.1 on Windows, no diagnosis in the thread):
+not reproduced with trl 1.16 on Linux (2 GRPO steps of a tiny model end in about a second). What does read as a
+hang on a CPU is the silence: trl prints nothing until a whole step ends, and a step samples every answer of the
+group to the end of its turn or its budget before the update. Measured here (AMD EPYC, 2 cores, the 135M recipe
+adapter): 4 answers of up to 256 tokens take ~40 s to sample and ~20 s to update; trl's defaults (8 answers of up to
+512 tokens) would take several minutes per step with no output. So this stage prints every step with where its time
+went (StepTimer, tested), and the CPU preset sizes a step to about a minute.
 """
 from __future__ import annotations
 

@@ -110,24 +110,23 @@ def test_rewards_are_checked_against_the_data_before_any_model_loads():
 
 
 @pytest.fixture
-def distinct_reward():
-    """A reward added the way the README says (a decorated function): the share of distinct words. On a random
-    model's answers it varies within a group, so GRPO has an advantage to learn from."""
+def added_reward():
+    """A reward added the way the README says (a decorated function): the answer's length in hundreds of
+    characters. A random model's answers differ in it within a group, so GRPO has an advantage to learn from."""
     @rewards.reward(weight=1.0)
-    def distinct(answer: rewards.Answer) -> float:
-        words = answer.text.split()
-        return len(set(words)) / len(words) if words else 0.0
-    yield distinct
-    rewards.REWARDS.pop("distinct")
+    def chars(answer: rewards.Answer) -> float:
+        return len(answer.text) / 100
+    yield chars
+    rewards.REWARDS.pop("chars")
 
 
-def test_an_added_reward_is_called_by_trl_under_its_name(distinct_reward, tokenizer):
-    functions, weights = rewards.for_trl(rewards.choose({"format": 0.5, "distinct": 2.0}, set(), None),
+def test_an_added_reward_is_called_by_trl_under_its_name(added_reward, tokenizer):
+    functions, weights = rewards.for_trl(rewards.choose({"format": 0.5, "chars": 2.0}, set(), None),
                                          get_style("think_response"), {tokenizer.eos_token_id})
-    assert [f.__name__ for f in functions] == ["format", "distinct"] and weights == [0.5, 2.0]
+    assert [f.__name__ for f in functions] == ["format", "chars"] and weights == [0.5, 2.0]
     completions = [[{"role": "assistant", "content": "a a b b"}], [{"role": "assistant", "content": "a b"}]]
     ids = [[105, 106, tokenizer.eos_token_id], [105, 106]]
-    assert functions[1](prompts=[None, None], completions=completions, completion_ids=ids) == [0.5, 1.0]
+    assert functions[1](prompts=[None, None], completions=completions, completion_ids=ids) == [0.07, 0.03]
     ended = functions[1].answers(completions, ids, {})
     assert [a.ended for a in ended] == [True, False]
 
@@ -180,7 +179,7 @@ def rl_cfg(out, **changes):
     return types.SimpleNamespace(**{**values, **changes})
 
 
-def grpo_trainer(adapter, tokenizer, out, names=("format", "correct", "length", "distinct"), **changes):
+def grpo_trainer(adapter, tokenizer, out, names=("format", "correct", "length", "chars"), **changes):
     from medreason.dpo import load_policy, sft_facts
     cfg = rl_cfg(out, **changes)
     folder, info = sft_facts(str(adapter))
@@ -197,7 +196,7 @@ def lora(model, adapter="default"):
     return {n: p.detach().clone() for n, p in model.named_parameters() if f"lora_" in n and f".{adapter}." in n}
 
 
-def test_two_grpo_steps_move_the_lora_weights_and_log_every_reward(distinct_reward, tiny_adapter, tokenizer,
+def test_two_grpo_steps_move_the_lora_weights_and_log_every_reward(added_reward, tiny_adapter, tokenizer,
                                                                    tmp_path):
     trainer = grpo_trainer(tiny_adapter, tokenizer, tmp_path)
     timer = rl.StepTimer(trainer)
@@ -207,14 +206,14 @@ def test_two_grpo_steps_move_the_lora_weights_and_log_every_reward(distinct_rewa
     assert before and all(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
     logged = [e for e in trainer.state.log_history if "reward" in e]
     assert len(logged) == 2
-    for name in ("format", "correct", "length", "distinct"):
+    for name in ("format", "correct", "length", "chars"):
         assert all(f"rewards/{name}/mean" in e for e in logged), name
-    assert all(e["rewards/distinct/std"] > 0 for e in logged)  # the signal the update learned from
+    assert all(e["rewards/chars/std"] > 0 for e in logged)  # the signal the update learned from
     summary = timer.summary()
     assert summary["steps_timed"] == 2 and 0 < summary["mean_generation_s"] < summary["mean_total_s"]
 
 
-def test_resuming_reaches_the_weights_of_a_straight_run(distinct_reward, tiny_adapter, tokenizer, tmp_path):
+def test_resuming_reaches_the_weights_of_a_straight_run(added_reward, tiny_adapter, tokenizer, tmp_path):
     straight = grpo_trainer(tiny_adapter, tokenizer, tmp_path / "straight", MAX_STEPS=4, SAVE_STEPS=2)
     straight.train()
     first = grpo_trainer(tiny_adapter, tokenizer, tmp_path / "resumed", MAX_STEPS=2, SAVE_STEPS=2)
