@@ -32,12 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILES = ROOT / "bench" / "gpu_model"  # Llama-3.2-3B config + the offline tokenizer (bench/make_gpu_model.py)
 DEMO_ROWS = ROOT / "medreason" / "demo_data" / "medical_demo.jsonl"  # travels with the repo (shared/ does not)
-BUDGET_S = 450  # the whole check's wall clock; the device allows 600 s a command, so a rerun of a part still fits
+BUDGET_S = 480  # the whole check's wall clock: the device allows 600 s a command and 15 minutes in all, so a
+#               rerun of one part (--only) still fits on the warm machine
 T4_MEMORY = 15 * 2**30  # a T4's usable memory: the default run's peak must stay under it
 GOAL_SPEED, GOAL_MEMORY = 1.8, 0.5  # Unsloth vs transformers: at least 1.8x the speed at at most 0.5x the memory
 # The T4 recipe (the script's GPU defaults, written out so a default that changes shows up here) and the check's size.
 GPU = {"seq": 2048, "steps": 10, "accum": 8, "val": 8, "eval_samples": 2, "new_tokens": 32, "eval_rows": 3}
-SMALL = {"seq": 128, "steps": 2, "accum": 2, "val": 2, "eval_samples": 1, "new_tokens": 8, "eval_rows": 2}
+SMALL = {"seq": 512, "steps": 2, "accum": 2, "val": 2, "eval_samples": 1, "new_tokens": 8, "eval_rows": 2}
 # Shrunk shape for --small (CPU): the same vocabulary, so the tokenizer and the logits width are the real ones.
 SMALL_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                "num_key_value_heads": 2, "head_dim": 16}
@@ -114,11 +115,15 @@ def make_model(work: Path, small: bool) -> dict:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
     model_dir = work / "model"
-    model.save_pretrained(model_dir)
+    full = work / "model-16bit" if device == "cuda" else model_dir
+    model.save_pretrained(full)
     del model
     for item in MODEL_FILES.iterdir():
         if item.name != "config.json" and item.is_file():
-            shutil.copy(item, model_dir / item.name)
+            shutil.copy(item, full / item.name)
+    facts = {"prequantized_4bit": False}
+    if device == "cuda":
+        facts = prequantize(full, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows, lengths = make_rows(tokenizer, size["seq"], size["steps"] * size["accum"] + size["val"])
     with open(work / "rows.jsonl", "w", encoding="utf-8") as f:
@@ -131,8 +136,35 @@ def make_model(work: Path, small: bool) -> dict:
                                           f"</response>",
                                 "rejected": f"<think>{other['Complex_CoT'][:600]}</think>\n<response>"
                                             f"{other['Response']}</response>"}) + "\n")
-    return {"parameters": params, "vocab_size": config.vocab_size, "tokenizer_ids": len(tokenizer),
+    with open(work / "mcq.jsonl", "w", encoding="utf-8") as f:  # for the RL stage: verifiable letters
+        for i, row in enumerate(rows[:8]):
+            letters = {k: rows[(i + j) % len(rows)]["Response"][:120] for j, k in enumerate("ABCD")}
+            f.write(json.dumps({"question": row["Question"], "options": letters, "answer": "ABCD"[i % 4]}) + "\n")
+    return {**facts, "parameters": params, "vocab_size": config.vocab_size, "tokenizer_ids": len(tokenizer),
             "made_on": device, "rows": len(rows), "row_tokens_min": min(lengths), "row_tokens_max": max(lengths)}
+
+
+def prequantize(full: Path, model_dir: Path) -> dict:
+    """The 16-bit folder saved again in 4-bit (NF4, double quantization, fp16 compute), as the default MODEL_NAME
+    (unsloth/Llama-3.2-3B-Instruct-bnb-4bit) is: every later part loads 2 GB without quantizing. Where that fails,
+    the 16-bit folder is used (quantized at each load), and the reason is recorded."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    try:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float16)
+        model = AutoModelForCausalLM.from_pretrained(full, quantization_config=quantization, dtype=torch.float16,
+                                                     device_map={"": 0})
+        model.save_pretrained(model_dir)
+        for item in full.iterdir():
+            if not item.name.startswith(("model", "config")) and item.is_file():
+                shutil.copy(item, model_dir / item.name)
+        shutil.rmtree(full)
+        return {"prequantized_4bit": True}
+    except Exception as e:  # the check goes on with the 16-bit folder; the reason is in the summary
+        shutil.rmtree(model_dir, ignore_errors=True)
+        full.rename(model_dir)
+        return {"prequantized_4bit": False, "prequantize_error": f"{type(e).__name__}: {e}"[:300]}
 
 
 def make_rows(tokenizer, max_len: int, count: int) -> tuple[list[dict], list[int]]:
@@ -176,7 +208,13 @@ def run_measured(script: str, args: list[str], measure: Path) -> None:
             try:
                 return original(self, *a, **k)
             finally:
-                entry = {"trainer": type(self).__name__, "seconds": time.perf_counter() - start}
+                history = getattr(getattr(self, "state", None), "log_history", None) or []
+                final = next((e for e in reversed(history) if "train_runtime" in e), {})
+                entry = {"trainer": type(self).__name__, "seconds": time.perf_counter() - start,
+                         "steps": getattr(getattr(self, "state", None), "global_step", None),
+                         "train_runtime": final.get("train_runtime"),
+                         "tokens": max((e.get("num_tokens", 0) for e in history), default=0),
+                         "last_loss": next((e["loss"] for e in reversed(history) if "loss" in e), None)}
                 if cuda:
                     torch.cuda.synchronize()
                     entry |= {"peak_allocated": torch.cuda.max_memory_allocated(),
@@ -293,29 +331,26 @@ class Check:
         return self.note(name, status, **outcome, **extra)
 
 
-def trainer_figures(run_dir: Path, measure: Path, rows_per_step: int) -> dict:
-    """s/step and tokens/s from the trainer's own log (log_history.json), peak memory from the measuring hook."""
+def trainer_figures(measure: Path, rows_per_step: int) -> dict:
+    """s/step and tokens/s from the trainer's own log (its train_runtime and trl's num_tokens), peak CUDA memory of
+    the training call and of the whole process: all read by the measuring hook (run_measured)."""
+    if not measure.is_file():
+        return {}
+    record = json.loads(measure.read_text())
     figures = {}
-    history_file = run_dir / "log_history.json"
-    if history_file.is_file():
-        history = json.loads(history_file.read_text())
-        final = next((e for e in reversed(history) if "train_runtime" in e), None)
-        if final:
-            steps = final.get("step") or max(e.get("step", 0) for e in history)
-            tokens = max((e.get("num_tokens", 0) for e in history), default=0)
-            figures |= {"steps": steps, "train_seconds": round(final["train_runtime"], 1),
-                        "seconds_per_step": round(final["train_runtime"] / max(steps, 1), 2),
-                        "tokens": tokens, "tokens_per_second": round(tokens / final["train_runtime"], 1),
-                        "rows_per_step": rows_per_step,
-                        "last_loss": next((e["loss"] for e in reversed(history) if "loss" in e), None)}
-    if measure.is_file():
-        record = json.loads(measure.read_text())
-        if record["train"] and "peak_allocated" in record["train"][0]:
-            figures["peak_train_gib"] = round(record["train"][0]["peak_allocated"] / 2**30, 2)
-            figures["peak_reserved_train_gib"] = round(record["train"][0]["peak_reserved"] / 2**30, 2)
-        if record["process_peak_allocated"]:
-            figures["peak_process_gib"] = round(record["process_peak_allocated"] / 2**30, 2)
-            figures["under_t4_memory"] = record["process_peak_allocated"] < T4_MEMORY
+    if record["train"]:
+        train = record["train"][0]
+        seconds = train["train_runtime"] or train["seconds"]
+        steps = train["steps"] or 0
+        figures |= {"steps": steps, "train_seconds": round(seconds, 1), "rows_per_step": rows_per_step,
+                    "seconds_per_step": round(seconds / max(steps, 1), 2), "tokens": train["tokens"],
+                    "tokens_per_second": round(train["tokens"] / seconds, 1), "last_loss": train["last_loss"]}
+        if "peak_allocated" in train:
+            figures["peak_train_gib"] = round(train["peak_allocated"] / 2**30, 2)
+            figures["peak_reserved_train_gib"] = round(train["peak_reserved"] / 2**30, 2)
+    if record["process_peak_allocated"]:
+        figures["peak_process_gib"] = round(record["process_peak_allocated"] / 2**30, 2)
+        figures["under_t4_memory"] = record["process_peak_allocated"] < T4_MEMORY
     return figures
 
 
@@ -386,7 +421,7 @@ def main(argv=None) -> int:
         measure = work / f"measure-{name}.json"
         outcome = check.part(name, me + ["run", str(measure), "medical_fine_tuning.py", *recipe,
                                          f"--BACKEND={backend}", f"--OUTPUT_DIR={run_dir}"], limit)
-        outcome["figures"] = trainer_figures(run_dir, measure, size["accum"])
+        outcome["figures"] = trainer_figures(measure, size["accum"])
         check.save()
     compare(check)
 
@@ -413,14 +448,21 @@ def main(argv=None) -> int:
             "--EVAL_SAMPLES=1", f"--MAX_NEW_TOKENS={size['new_tokens']}", "--JUDGE=reference", "--WARMUP_STEPS=0",
             "--LOGGING_STEPS=1", f"--MAX_SEQ_LENGTH={size['seq']}", f"--OUTPUT_DIR={work / 'dpo'}",
             *(["--PRECISION=fp16"] if not small else [])], 150)
-        pref["figures"] = trainer_figures(work / "dpo", measure, 1)
+        pref["figures"] = trainer_figures(measure, 1)
         check.save()
         # 6. The RL stage, when it has landed (rl_tuning.py).
         if not (ROOT / "rl_tuning.py").is_file():
             check.note("rl", "skipped", reason="rl_tuning.py is not in this tree")
         else:
-            check.part("rl", [sys.executable, "rl_tuning.py", f"--SFT_ADAPTER={adapter}", "--MAX_STEPS=2",
-                              f"--OUTPUT_DIR={work / 'rl'}", *(["--PRECISION=fp16"] if not small else [])], 150)
+            measure = work / "measure-rl.json"
+            rl = check.part("rl", me + [
+                "run", str(measure), "rl_tuning.py", f"--SFT_ADAPTER={adapter}", f"--DATASET={work / 'mcq.jsonl'}",
+                "--TRAIN_QUESTIONS=4", "--EVAL_SAMPLES=1", "--NUM_GENERATIONS=2", "--BATCH_SIZE=2", "--GRAD_ACCUM=1",
+                "--MAX_STEPS=2", f"--MAX_NEW_TOKENS={size['new_tokens']}", "--BENCHMARKS=", "--WARMUP_STEPS=0",
+                "--LOGGING_STEPS=1", f"--MAX_SEQ_LENGTH={size['seq']}", f"--OUTPUT_DIR={work / 'rl'}",
+                *(["--PRECISION=fp16"] if not small else [])], 150)
+            rl["figures"] = trainer_figures(measure, 2)
+            check.save()
     failed = [n for n, p in check.summary["parts"].items() if p["status"] == "failed"]
     check.summary["verdict"] = f"failed: {', '.join(failed)}" if failed else "every part that ran passed"
     check.save()

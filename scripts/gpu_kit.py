@@ -196,8 +196,9 @@ def download(wanted: dict[str, str]) -> list[Path]:
     pip("download", "--no-deps", "-d", str(CACHE), *target_args(), *[f"{n}=={v}" for n, v in sorted(wanted.items())])
     wheels = []
     for name, version in wanted.items():
-        match = [w for w in [*CACHE.glob("*.whl"), *(CACHE / "built").glob("*.whl")] if canonical(w.name.split("-")[0]) == name
-                 and w.name.split("-")[1] == version]
+        found = {w.name: w for w in [*(CACHE / "built").glob("*.whl"), *CACHE.glob("*.whl")]}  # one per file name
+        match = [w for w in found.values()
+                 if canonical(w.name.split("-")[0]) == name and w.name.split("-")[1] == version]
         if len(match) != 1:
             sys.exit(f"error: expected one wheel of {name} {version} in {CACHE}, found {[m.name for m in match]}")
         wheels.append(match[0])

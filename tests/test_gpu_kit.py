@@ -169,12 +169,13 @@ def test_the_model_folder_is_llama_3_2_3b_with_a_llama_3_template():
     assert len(tokenizer) < 4096 and not list(folder.glob("*.safetensors"))  # small: no weights travel
     assert config.bos_token_id == tokenizer.bos_token_id and tokenizer.eos_token_id in config.eos_token_id
     assert config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
-    from medreason.prompts import pin_template_date
+    from medreason.prompts import TEMPLATE_DATE, pin_template_date
     pinned = pin_template_date(tokenizer)
     text = pinned.apply_chat_template([{"role": "user", "content": "Chest pain?"}], tokenize=False,
                                       add_generation_prompt=True)
     assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
-    assert "Today Date: " in text and text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert f"Today Date: {TEMPLATE_DATE}\n" in text  # the date pinned, not today's
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     ids = tokenizer("The right coronary artery <think>")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and tokenizer.decode(ids[1:]) == "The right coronary artery <think>"
 
