@@ -278,3 +278,41 @@ def test_evaluate_script_runs_benchmarks_on_the_embedded_model(embedded_adapter,
     report = (out / "report.md").read_text()
     assert "Protocol: **strict**" in report and "| **average** |" in report and (out / "metrics.png").stat().st_size
     assert "protocol: strict" in proc.stdout and "budget closed" in proc.stdout
+
+
+def test_prepare_dataset_warns_and_decontaminate_drops_the_overlapping_rows(tmp_path, capsys):
+    import json
+    from prepare_dataset import check_contamination
+    from medreason.benchmarks import preflight_contamination
+    exam = tmp_path / "exam.jsonl"
+    exam.write_text(json.dumps({"question": QUESTION, "options": {"A": "PCI", "B": "Aspirin"}, "answer": "A"}) + "\n")
+    rows = [{"Question": "Unrelated question about asthma?", "Complex_CoT": "Think.", "Response": "Inhaler."},
+            {"Question": "Copied: " + QUESTION[30:120], "Complex_CoT": "Think.", "Response": "PCI."}]
+    kept, found = check_contamination(rows, str(exam), decontaminate=False)
+    assert kept == rows and found["rows"] == 1 and found["dropped"] == 0
+    assert "WARNING: 1 dataset row(s) share 64+ characters with exam's questions" in capsys.readouterr().out
+    kept, found = check_contamination(rows, str(exam), decontaminate=True)
+    assert kept == rows[:1] and found["dropped"] == 1
+    # The trainer's preflight reads its prompt/completion examples the same way, and says which row and what text.
+    examples = [{"prompt": [{"role": "user", "content": r["Question"]}],
+                 "completion": [{"role": "assistant", "content": r["Response"]}]} for r in rows]
+    assert preflight_contamination(examples, str(exam))["exam"]["rows"] == [1]
+    out = capsys.readouterr().out
+    assert "training row 2 shares" in out and "--decontaminate" in out
+
+
+def test_huatuo_protocol_asks_their_prompt_alone_and_samples_repeatably(parrot_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from medreason import protocols
+    from medreason.prompts import get_style
+    model = AutoModelForCausalLM.from_pretrained(parrot_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(parrot_model_dir)
+    rows = [{"question": "Which drug class causes a dry cough?", "options": OPTIONS, "answer": "A"}] * 2
+    questions, style, sampling = protocols.ask(rows, "huatuo", get_style("think_response"))
+    assert questions[0].startswith("Please answer the following multiple-choice question:\nWhich drug class")
+    assert questions[0].endswith("D. Percutaneous coronary intervention") and style.system_prompt == ""
+    assert (sampling.do_sample, sampling.temperature, sampling.top_p) == (True, 0.5, 0.9)
+    first = protocols.run(model, tok, rows, "huatuo", get_style("think_response"), 12, 2, "batched", seed=5)
+    again = protocols.run(model, tok, rows, "huatuo", get_style("think_response"), 12, 2, "batched", seed=5)
+    assert [a.text for a in first.answers] == [a.text for a in again.answers]
+    assert first.metrics["letter"] in ("first", "last") and first.metrics["n"] == 2
