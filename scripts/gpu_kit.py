@@ -49,7 +49,7 @@ CUT = {
                      "CPU one"),
 }
 KEEP_LIBRARIES = ("libbitsandbytes_cuda130.so", "libbitsandbytes_cpu.so")
-LIMIT_MIB = 48  # the kit plus the tracked files must stay well under the call's 64 MiB
+LIMIT_MIB = 56  # the kit plus the tracked files: under the call's 64 MiB with 8 MiB left for untracked work and carries
 
 
 def canonical(name: str) -> str:

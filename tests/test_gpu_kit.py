@@ -123,7 +123,7 @@ TRACE = r"""
 import importlib.metadata, json, os, runpy, sys
 sys.path.insert(0, os.getcwd())
 import unsloth  # first, as the trainer imports it
-import bitsandbytes, trl, peft, datasets, rouge_score, wandb
+import bitsandbytes, trl, peft, datasets, rouge_score, wandb, unsloth_zoo
 import medreason
 for name in sorted(os.listdir("medreason")):
     if name.endswith(".py") and name[:-3] not in ("webchat", "space", "gguf"):  # the page, the Space, llama.cpp
