@@ -57,7 +57,6 @@ def test_unsloth_backend_trains_on_cpu(tiny_model_dir, tmp_path):
                         "--DATASET=medreason/demo_data/medical_demo.jsonl", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "backend: unsloth" in result.stdout and "Unsloth" in result.stdout
-    assert "Unsloth's trainer changed the eval-loss batch: EVAL_BATCH_SIZE 8 -> 2" in result.stdout  # said (#31)
     check_run_folder(out, eval_samples=2)
     # LoRA B matrices start at zero: non-zero values prove the optimizer updated the adapter.
     lora_b = {k: v for k, v in lora_tensors(out / "adapter").items() if "lora_B" in k}
