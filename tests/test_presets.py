@@ -197,3 +197,25 @@ def test_a_dry_run_checks_a_preset_and_a_dataset_without_loading_weights(tmp_pat
     bad = run_script("--PRESET=llama-3.1-8b", "--DATASET=demo", "--DRY_RUN=True", "--LR_SCHEDULER=cosin",
                      "--BACKEND=transformers", timeout=300)
     assert bad.returncode == 1 and "Did you mean 'cosine'" in bad.stdout and "Traceback" not in bad.stdout
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_presets_dry_run_passes_offline_and_says_what_it_skipped(preset, real_rows, tmp_path, capsys):
+    """58 real rows, no Hub: presets whose tokenizer (or config) cannot be loaded skip the token statistics, the
+    examples of text-form styles (r1) and the estimate, each said; the embedded model's presets do them all."""
+    import json
+    rows = tmp_path / "rows58.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in real_rows[:58]))
+    result = medical_fine_tuning.main([f"--PRESET={preset}", f"--DATASET={rows}", "--DRY_RUN=True", "--VAL_SIZE=6",
+                                       "--BACKEND=transformers", "--REPORT_TO=none", f"--OUTPUT_DIR={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert result == ({}, True, True) and "[dry run] settings, data and preflight checked" in out
+    assert "52 training rows, 6 validation rows" in out
+    cfg, _ = resolve(f"--PRESET={preset}")
+    if cfg.MODEL_NAME == "embedded":
+        assert "[preflight] train: 52 rows, tokens per example" in out and "[estimate] training: about" in out
+    else:
+        assert "token statistics skipped, the tokenizer could not be loaded" in out
+        assert "[estimate] training: not made: " in out
+        if cfg.PROMPT_STYLE == "r1":
+            assert "PROMPT_STYLE='r1' examples not rendered" in out
