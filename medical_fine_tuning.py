@@ -117,6 +117,7 @@ def main(argv):
 
     # 2. Preflight: token lengths with the model's own tokenizer; a checkpoint to resume must fit this run.
     preflight.check_training_data(prepared, tokenizer, cfg.MAX_SEQ_LENGTH)
+    preflight.say_training_estimate(cfg, plan, model_path, prepared)  # minutes from this run's steps x rows x tokens
     benchmarks.preflight_contamination(prepared.train, cfg.BENCHMARKS)  # a warning with the count and an example
     resume = training.resume_point(out / "checkpoints", cfg)
     clock.lap("data_and_preflight")

@@ -505,6 +505,11 @@ def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
     from .safety import mix_into, samples_per_kind
     train_rows, safety_info = mix_into(train_rows, getattr(cfg, "SAFETY_MIX", 0.0), cfg.SEED)  # never the val rows
     samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), getattr(cfg, "EVAL_SAMPLES", 0))  # checked now
+    if style.as_text and tokenizer is None and getattr(cfg, "DRY_RUN", False):
+        print(f"[dry run] PROMPT_STYLE={style.name!r} examples not rendered: they are written by the model's "
+              f"tokenizer, which could not be loaded (rows read, validated and split above)")
+        return TrainingData(train_rows, None, val_rows, {"train_rows": len(train_rows), "dropped": dict(dropped),
+                                                          "val_rows": len(val_rows) if val_rows else 0})
     if style.as_text and tokenizer is None:
         raise DataError(f"PROMPT_STYLE={style.name!r} renders its examples with the model's tokenizer, which could "
                         f"not be loaded. Fix: run where {cfg.MODEL_NAME} can be loaded (online, or a local folder).")

@@ -153,6 +153,9 @@ def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max
 def compare(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max_new_tokens: int,
             batch_size: int, seed: int = 0, include_base: bool = True, engine: str = "auto") -> dict[str, ModelAnswers]:
     """The base model (the same weights with the adapter disabled: nothing loaded twice) and the tuned model."""
+    from .preflight import say_prompt_lengths  # over-long prompts: counted and said, never cut
+    say_prompt_lengths(model, tokenizer, [generation_prompt(tokenizer, q, style) for q in questions_for(rows, kind)],
+                       "evaluation")
     results = {}
     if include_base:
         with model.disable_adapter():
