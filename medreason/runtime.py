@@ -81,8 +81,8 @@ def plan_run(cfg, origins: dict[str, str]) -> Plan:
         reasons.append(f"PRESET={cfg.PRESET!r}: {origins['PRESET'][len('automatic: '):]}")
     demo = cfg.PRESET == DEMO_PRESET
     if demo:
-        reasons.append(f"DEMO MODE: the embedded SmolLM2-135M on the shipped illustrative rows, 6-8 minutes on 2 CPU "
-                       f"cores (native bf16 / fp32 path, README), written to its own folder {cfg.OUTPUT_DIR!r} "
+        reasons.append(f"DEMO MODE: the embedded SmolLM2-135M on the shipped illustrative rows (the minutes for this "
+                       f"CPU are estimated before training starts), written to its own folder {cfg.OUTPUT_DIR!r} "
                        f"(settings given on the command line still win)")
     reasons += [f"{name}: {why}. --{name}=... sets it." for name, why in size_for_cpu(cfg, origins, device).items()]
     processes = distributed.world_size()
