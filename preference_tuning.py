@@ -136,7 +136,8 @@ def ensure_sft_adapter(cfg, origins) -> None:
     trainer = Path(__file__).resolve().with_name("medical_fine_tuning.py")
     command = [sys.executable, str(trainer)] + ([] if adapter.parent == Path("outputs/demo-smollm2-135m")
                                                  else [f"--OUTPUT_DIR={adapter.parent}"])
-    print(f"[sft] {adapter} is missing: training the SFT demo first ({' '.join(command[1:])}, ~3 min on 2 cores)")
+    print(f"[sft] {adapter} is missing: training the SFT demo first ({' '.join(command[1:])}; it prints its own "
+          f"estimate for this CPU)")
     if subprocess.run(command).returncode != 0:
         raise UserError(f"the SFT demo ({' '.join(command[1:])}) failed; its output is above. Fix what it names, "
                         f"then run this command again.")

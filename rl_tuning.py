@@ -123,7 +123,8 @@ def main(argv):
     notes = [f"vLLM sampling: {'on' if cfg.USE_VLLM else 'off'} (USE_VLLM; requirements-gpu.txt does not install "
              f"vLLM, whose wheels pin their own torch: Colab's torch is kept, and on a T4 it would also need a second "
              f"copy of the weights and its KV cache in the same 15 GB)"]
-    if cfg.PRESET == _DEMO_PRESET:
+    if cfg.PRESET == _DEMO_PRESET:  # the trainer's DEMO MODE line describes the trainer's demo; this stage says its own
+        plan.reasons = [r for r in plan.reasons if not r.startswith("DEMO MODE")]
         notes.append(f"DEMO MODE: the embedded SmolLM2-135M with the SFT demo adapter ({cfg.SFT_ADAPTER}) on the "
                      f"shipped illustrative multiple-choice questions, {cfg.MAX_STEPS} GRPO steps, written to "
                      f"{cfg.OUTPUT_DIR}. It shows the stage working, not a better model.")
