@@ -71,12 +71,15 @@ def answer_batch(model, tokenizer, questions: list[str], style: PromptStyle, max
     """Answer each question (all at once: the engine schedules them), then repair the ones cut by the budget.
 
     think_budget: the answer's first think_budget tokens may reason; one still reasoning then has its reasoning
-    closed (BUDGET_CLOSINGS) and answer_budget tokens to answer in. None: max_new_tokens, then continuations."""
+    closed (BUDGET_CLOSINGS) and answer_budget tokens to answer in; one whose reasoning closed on its own but whose
+    response the budget cut also gets answer_budget tokens to finish it (so no answer is lost to the budget).
+    None: max_new_tokens, then continuations."""
     start = time.time()
     prompts = [generation_prompt(tokenizer, q, style) for q in questions]
     texts, tokens = [""] * len(questions), [0] * len(questions)
     rounds, opened = [0] * len(questions), [False] * len(questions)
     closed_by_budget = [False] * len(questions)
+    granted = [False] * len(questions)  # answer_budget given to a response that the think budget cut
     ended = [True] * len(questions)
     budgeted = bool(think_budget) and style.name in BUDGET_CLOSINGS
     first = think_budget if budgeted else max_new_tokens
@@ -101,7 +104,10 @@ def answer_batch(model, tokenizer, questions: list[str], style: PromptStyle, max
                     still[i] = answer_budget
                     continue
                 step = _next_step(texts[i], out.hit_budget, style)
-                if step is None or rounds[i] >= max_continuations or closed_by_budget[i]:
+                finishing = budgeted and step is not None and not closed_by_budget[i] and not granted[i]
+                if finishing:  # reasoning closed on its own, but the think budget cut the response: answer_budget more
+                    granted[i] = True
+                elif step is None or rounds[i] >= max_continuations or closed_by_budget[i]:
                     continue  # an answer asked for after the budget closed its reasoning has answer_budget, no more
                 if step == "open_response":
                     texts[i] = texts[i].rstrip() + "\n" + style.response_opening
@@ -109,7 +115,7 @@ def answer_batch(model, tokenizer, questions: list[str], style: PromptStyle, max
                     if streamer is not None:
                         streamer.put_text("\n" + style.response_opening)
                 rounds[i] += 1
-                still[i] = continuation_tokens
+                still[i] = answer_budget if finishing else continuation_tokens
         todo, seed = still, None if seed is None else seed + 1
     seconds = time.time() - start
     answers = []

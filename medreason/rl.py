@@ -256,9 +256,10 @@ def build_trainer(model, tokenizer, examples, grpo_config, reward_functions: lis
     """trl's GRPOTrainer on the SFT adapter (Unsloth patches it on import, where it is the backend)."""
     from trl import GRPOTrainer
 
-    from .training import guard_checkpoint_saves
+    from .training import guard_checkpoint_saves, keep_trainable_weights_in_run_precision
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions, args=grpo_config, train_dataset=examples,
                           processing_class=tokenizer)
+    keep_trainable_weights_in_run_precision(trainer)  # trl's GRPOTrainer casts a quantized model's LoRA to bf16 too
     guard_checkpoint_saves(trainer)
     return trainer
 

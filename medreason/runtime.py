@@ -208,6 +208,7 @@ def warn_unsloth_fallback(why_not: str, reasons: list[str]) -> None:
     """A GPU run that wanted Unsloth and fell back: said loudly, with what it costs and how to make it an error."""
     line = (f"WARNING: Unsloth is not used on this GPU: {why_not}. The run falls back to transformers + peft, about "
             f"2x slower and with more GPU memory (Unsloth's figures; 1.9x on this project's CPU bench). Fix the "
-            f"import, or run with --BACKEND=unsloth to make this an error instead of a fallback.")
+            f"import, or run with --BACKEND=unsloth (--backend unsloth in evaluate.py, inference.py and app.py) to "
+            f"make this an error instead of a fallback.")
     reasons.append(line)
     print(f"[plan] {line}", flush=True)

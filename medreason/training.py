@@ -135,7 +135,7 @@ def build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config, ear
 
 
 def keep_trainable_weights_in_run_precision(trainer) -> None:
-    """trl's SFTTrainer and DPOTrainer (1.15.0 and 1.16.0, __init__'s `_is_quantized_model` block) cast every
+    """trl's SFTTrainer, DPOTrainer and GRPOTrainer (1.15.0 and 1.16.0, __init__'s `_is_quantized_model` block) cast every
     trainable parameter of a 4-bit or 8-bit model to bf16, following the QLoRA paper, whatever the run's precision.
     With fp16 mixed precision (a T4) the gradient scaler then meets bf16 gradients and the first optimizer step
     fails ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'); with fp32 the adapter

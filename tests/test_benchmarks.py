@@ -184,6 +184,26 @@ def test_an_answer_reaching_the_budget_gets_its_reasoning_closed_by_either_engin
     assert cut.response == tail.replace("</response>", "").strip()
 
 
+def test_a_response_cut_by_the_think_budget_after_the_reasoning_closed_is_finished_not_lost(parrot_model_dir):
+    """The reasoning closes on its own inside the think budget, but the budget ends inside the response: that answer
+    gets answer_budget more tokens (even with no continuations allowed, as the exam protocols run) and ends whole."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from conftest import PARROT_ANSWERS
+    from medreason.answering import answer_batch
+    from medreason.prompts import get_style
+    style = get_style("think_response")
+    model = AutoModelForCausalLM.from_pretrained(parrot_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(parrot_model_dir)
+    question = next(q for q, a in PARROT_ANSWERS.items() if "<response>" in a)
+    full, = answer_batch(model, tok, [question], style, 64, max_continuations=0)
+    reasoning = full.text[:full.text.index("<response>") + len("<response>")]
+    budget = len(tok(reasoning, add_special_tokens=False)["input_ids"]) + 2  # two tokens into the response
+    assert full.status == "complete" and full.tokens > budget + 1  # so the budget really cuts the response
+    cut, = answer_batch(model, tok, [question], style, 64, max_continuations=0, think_budget=budget, answer_budget=32)
+    assert not cut.budget_closed and cut.status == "complete" and cut.response == full.response
+    assert cut.tokens <= budget + 32 and cut.continuations == 1
+
+
 # --- the card's model-index: one entry per benchmark, read back by huggingface_hub's own loader ---------------------
 
 def test_model_index_has_one_entry_per_benchmark_and_parses_with_huggingface_hub(tmp_path):

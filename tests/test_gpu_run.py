@@ -342,7 +342,8 @@ def test_a_t4_whose_unsloth_import_fails_says_so_loudly_before_falling_back(monk
     assert (plan.backend, plan.precision) == ("transformers", "fp16")
     warning = next(line for line in capsys.readouterr().out.splitlines() if "WARNING" in line)
     assert "No module named 'regex'" in warning and "falls back to transformers + peft" in warning
-    assert "2x slower" in warning and "--BACKEND=unsloth to make this an error" in warning
+    assert "2x slower" in warning and "--BACKEND=unsloth (--backend unsloth in evaluate.py" in warning
+    assert "to make this an error" in warning
     with pytest.raises(UserError, match="BACKEND='unsloth' but unsloth failed to import.*Fix"):
         runtime.plan_run(*script_settings("--BACKEND=unsloth"))
 
@@ -407,3 +408,37 @@ def test_fp32_with_unsloth_on_an_ampere_gpu_is_refused_because_its_trainer_would
     assert (plan.backend, plan.precision) == ("transformers", "fp32")
     pretend_gpu(monkeypatch, "Tesla T4", (7, 5))  # Unsloth keeps an fp32 load in fp32 where bf16 is not native
     assert runtime.plan_run(*script_settings("--PRECISION=fp32")).precision == "fp32"
+
+
+def test_unsloths_eval_batch_change_is_said_when_its_trainer_makes_it(tiny_model_dir, demo_rows, tmp_path, capsys,
+                                                                      monkeypatch):
+    """On a GPU, Unsloth's rewritten SFTTrainer (unsloth 2026.10.9, models/rl.py, the eval-batch block) lowers an eval
+    batch of 8 to the train batch and raises eval_accumulation_steps; on a CPU it keeps stock trl, so the rule is put
+    into the trainer class here. The run must say what changed; an untouched eval batch says nothing."""
+    import trl
+    from datasets import Dataset
+    from test_training import settings
+    from medreason.modeling import load_for_training
+    from medreason.prompts import to_conversation
+
+    class UnslothRule(trl.SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            config = kwargs["args"]
+            if config.per_device_eval_batch_size == 8 and config.per_device_train_batch_size < 8:
+                config.per_device_eval_batch_size = config.per_device_train_batch_size
+                config.eval_accumulation_steps = config.gradient_accumulation_steps
+            super().__init__(*args, **kwargs)
+
+    cfg = settings(tmp_path)
+    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    model, tokenizer = load_for_training(cfg, plan, str(tiny_model_dir))
+    rows = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:4]])
+    monkeypatch.setattr(trl, "SFTTrainer", UnslothRule)
+    for eval_batch, said in ((8, True), (4, False)):
+        config = training.build_sft_config(type(cfg)(**{**vars(cfg), "EVAL_BATCH_SIZE": eval_batch}), plan, [],
+                                           tmp_path / f"sft{eval_batch}")
+        trainer = training.build_trainer(model, tokenizer, rows, rows, config)
+        out = capsys.readouterr().out
+        assert ("Unsloth's trainer changed the eval-loss batch: EVAL_BATCH_SIZE 8 -> "
+                f"{trainer.args.per_device_train_batch_size} rows per pass" in out) is said
+        assert trainer.args.per_device_eval_batch_size == (trainer.args.per_device_train_batch_size if said else 4)
