@@ -103,7 +103,7 @@ def card_section(info: dict, base: str, pair_counts: dict, comparison: dict | No
 
 def write_card(out: Path, info: dict, pair_counts: dict, comparison: dict | None) -> Path:
     """OUTPUT_DIR/model_card.md: huggingface_hub's ModelCard (metadata + body) for the DPO adapter."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
 
     from .embedded import EMBEDDED, EMBEDDED_HUB_ID
     from .publishing import license_for
@@ -117,10 +117,7 @@ def write_card(out: Path, info: dict, pair_counts: dict, comparison: dict | None
             f"{card_section(info, base, pair_counts, comparison)}\n\n## How to use\n\n```bash\npython inference.py "
             f"--adapter {out / 'adapter'} --question \"…\"\n```\n\nThe adapter's training_info.json keeps the SFT "
             f"prompt (style `{info['prompt_style']}` and its system prompt), so it is asked exactly as trained.\n")
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    path = out / "model_card.md"
-    card.save(path)
-    return path
+    return _save_card(out, data, body)
 
 
 # --- the RL stage (rl_tuning.py) -----------------------------------------------------------------------------------
@@ -230,7 +227,7 @@ def stage_lines(info: dict, base: str) -> list[str]:
 def write_rl_card(out: Path, info: dict, counts: dict, comparison: dict | None) -> Path:
     """OUTPUT_DIR/model_card.md: huggingface_hub's ModelCard naming every stage, with SFT vs RL on held-out
     questions."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
 
     from .embedded import EMBEDDED, EMBEDDED_HUB_ID
     from .publishing import license_for
@@ -252,7 +249,12 @@ def write_rl_card(out: Path, info: dict, counts: dict, comparison: dict | None) 
             f"\n\n## How to use\n\n```bash\npython inference.py --adapter {out / 'adapter'} --question \"…\"\n```\n\n"
             f"The adapter's training_info.json keeps the SFT prompt (style `{info['prompt_style']}`), so it is asked "
             f"exactly as trained.\n")
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return _save_card(out, data, body)
+
+
+def _save_card(out: Path, data, body: str) -> Path:
+    """OUTPUT_DIR/model_card.md: the card's YAML metadata (huggingface_hub's ModelCardData) above its text."""
+    from huggingface_hub import ModelCard
     path = out / "model_card.md"
-    card.save(path)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(path)
     return path
