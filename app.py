@@ -13,7 +13,7 @@ import argparse
 import os
 
 # The environment variables naming the adapter and (optionally) its base model when no flag does: a Space's variables
-from medreason.space import ADAPTER_VARIABLE, BASE_VARIABLE
+from medreason.publish.space import ADAPTER_VARIABLE, BASE_VARIABLE
 
 # --- model ---------------------------------------------------------------------------------------------------------
 BACKEND = "auto"  # Unsloth's fast inference on a CUDA GPU where it imports; transformers + peft elsewhere
@@ -56,10 +56,10 @@ def parse_args(argv):
 
 def main(argv) -> int:
     args = parse_args(argv)
-    from medreason import webchat
-    from medreason.generation import Sampling
+    from medreason.serve import webchat
+    from medreason.answers.generation import Sampling
     if args.gguf:
-        from medreason.gguf import load_gguf
+        from medreason.model.gguf import load_gguf
         loaded, source = load_gguf(args.gguf), args.gguf
         print(f"[load] GGUF {args.gguf} via llama.cpp; prompt style {loaded.style.name}")
     else:
@@ -71,15 +71,16 @@ def main(argv) -> int:
 
 
 def load_adapter(args):
-    from medreason import loading, tracking
-    from medreason.errors import UserError
+    from medreason.config import tracking
+    from medreason.model import for_inference
+    from medreason.config.errors import UserError
     if not args.adapter:
         raise UserError(f"no model to serve. Fix: python app.py --adapter outputs/<run>/adapter (or a Hub id like "
                         f"your-name/medical-llama-3.2-3b-lora), or set {ADAPTER_VARIABLE} (on a Space: Settings -> "
                         f"Variables), or python app.py --gguf <file>.gguf.")
     tracking.load_secrets()  # HF_TOKEN for a private adapter, from .env
-    backend = loading.choose_backend(args.backend)
-    loaded = loading.load(args.adapter, args.base_model, backend)
+    backend = for_inference.choose_backend(args.backend)
+    loaded = for_inference.load(args.adapter, args.base_model, backend)
     print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device}); "
           f"prompt style {loaded.style.name}")
     return loaded
@@ -92,5 +93,5 @@ def serve(page, args) -> int:
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

@@ -7,8 +7,8 @@
 medical-o1 rows (Question, Complex_CoT, Response) get ROUGE-L, format compliance and answer perplexity;
 multiple-choice rows (question, options, answer) get accuracy and extraction rate (and format compliance).
 Writes results.json, report.md, metrics.png and, when the training log is found, loss_curve.png.
---benchmarks: exam benchmarks (medreason/benchmarks.py, or your own configs/benchmarks/*.yaml; --data adds a local
-file in our layout) under a named protocol (medreason/protocols.py: strict or huatuo), base vs tuned, with intervals.
+--benchmarks: exam benchmarks (medreason/evaluate/benchmarks.py, or your own configs/benchmarks/*.yaml; --data adds a local
+file in our layout) under a named protocol (medreason/evaluate/protocols.py: strict or huatuo), base vs tuned, with intervals.
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ from pathlib import Path
 
 LIMIT = 50  # rows evaluated (seeded sample); 0 = all. A T4 answers ~50 questions in a few minutes
 MAX_NEW_TOKENS = 1024  # per answer, when the adapter records no budget of its own (the run's MAX_NEW_TOKENS wins)
-ENGINE = "auto"  # "auto": continuous batching where it applies; "continuous" or "batched" (see medreason/generation.py)
+ENGINE = "auto"  # "auto": continuous batching where it applies; "continuous" or "batched" (see medreason/answers/generation.py)
 BATCH_SIZE = 8  # answers generated together (left-padded, grouped by length); lower it if out of memory
 SEED = 3407  # the sample of rows and the bootstrap
 PROTOCOL = "strict"  # exam benchmarks: "strict" (greedy, last explicit answer) or "huatuo" (HuatuoGPT-o1's eval)
@@ -52,10 +52,11 @@ def parse_args(argv):
 
 
 def load_rows(path: Path, limit: int, seed: int):
-    from medreason import data, evaluation
-    records = data.load_records(str(path))
-    kind = evaluation.detect_kind(records, str(path))
-    rows = data.validate(records, str(path))[0] if kind == "reasoning" else evaluation.validate_mcq(records, str(path))
+    from medreason.data import readers
+    from medreason.evaluate import comparison
+    records = readers.load_records(str(path))
+    kind = comparison.detect_kind(records, str(path))
+    rows = readers.validate(records, str(path))[0] if kind == "reasoning" else comparison.validate_mcq(records, str(path))
     if limit and limit < len(rows):
         rows = random.Random(seed).sample(rows, limit)
     return rows, kind
@@ -72,13 +73,15 @@ def read_history(path: Path) -> list | None:
 
 def main(argv) -> dict:
     args = parse_args(argv)
-    from medreason import evaluation, loading, report, tracking
-    from medreason.errors import UserError
+    from medreason.config import tracking
+    from medreason.evaluate import comparison, report
+    from medreason.model import for_inference
+    from medreason.config.errors import UserError
     tracking.load_secrets()
-    if args.safety:  # the safety set alone (medreason/safety.py)
-        from medreason.safety import evaluate_cli
+    if args.safety:  # the safety set alone (medreason/evaluate/safety.py)
+        from medreason.evaluate.safety import evaluate_cli
         return evaluate_cli(args)
-    if args.benchmarks:  # exam benchmarks under a named protocol (medreason/benchmarks.py, protocols.py)
+    if args.benchmarks:  # exam benchmarks under a named protocol (medreason/evaluate/benchmarks.py, protocols.py)
         return run_benchmarks(args)
     run_dir = Path(args.adapter).parent if Path(args.adapter).is_dir() else None
     data_path = args.data or (run_dir / "validation.jsonl" if run_dir else None)
@@ -88,17 +91,17 @@ def main(argv) -> dict:
     rows, kind = load_rows(data_path, args.limit, args.seed)  # before any model loads
     output = args.output or (run_dir / "evaluation" if run_dir else Path("evaluation"))
     print(f"[eval] {len(rows)} {kind} rows from {data_path} -> {output}")
-    backend = loading.choose_backend(args.backend)
-    loaded = loading.load(args.adapter, args.base_model, backend)
+    backend = for_inference.choose_backend(args.backend)
+    loaded = for_inference.load(args.adapter, args.base_model, backend)
     if loaded.kind != "adapter" and not args.no_base:
         raise UserError(f"{args.adapter} is a merged model: there is no adapter to disable for the base "
                         f"comparison. Fix: pass the adapter folder, or --no-base.")
     budget, why = loaded.budget(args.max_new_tokens, MAX_NEW_TOKENS)
     print(f"[eval] {budget} new tokens per answer ({why})")
-    from medreason.estimates import say_evaluation  # rows x models x tokens at this CPU's measured rate
+    from medreason.config.estimates import say_evaluation  # rows x models x tokens at this CPU's measured rate
     say_evaluation(loaded, rows, kind, budget, args.batch_size, not args.no_base, args.engine)
     start = time.time()
-    results = evaluation.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, budget, args.batch_size,
+    results = comparison.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, budget, args.batch_size,
                                  seed=args.seed, include_base=not args.no_base, engine=args.engine)
     log_path = run_dir / "log_history.json" if run_dir else None
     history = read_history(log_path) if log_path and log_path.is_file() else None
@@ -116,12 +119,12 @@ def main(argv) -> dict:
 def training_rows(info: dict) -> list[dict] | None:
     """The rows the adapter was trained on, when its DATASET (training_info.json) is a readable local file: the
     report checks them against the benchmark questions. None when they cannot be read here."""
-    from medreason import data
+    from medreason.data import readers
     source = (info.get("trained_by") or {}).get("DATASET")
     if not source or not Path(source).is_file():
         return None
     try:
-        return data.load_records(source)
+        return readers.load_records(source)
     except Exception as e:  # noqa: BLE001 - the check is a note in the report, never a reason to stop
         print(f"[bench] contamination not checked: {source} unreadable ({type(e).__name__})")
         return None
@@ -129,15 +132,16 @@ def training_rows(info: dict) -> list[dict] | None:
 
 def run_benchmarks(args) -> dict:
     """Exam benchmarks, base vs tuned, under one protocol: results.json, report.md, metrics.png."""
-    from medreason import benchmarks, loading, protocols, report
-    from medreason.errors import UserError
+    from medreason.evaluate import benchmarks, protocols, report
+    from medreason.model import for_inference
+    from medreason.config.errors import UserError
     if args.think_budget < 0 or args.answer_budget < 1:
         raise UserError(f"--think-budget {args.think_budget} / --answer-budget {args.answer_budget}. Fix: a "
                         f"thinking budget of 0 (none) or more tokens, and an answer budget of at least 1.")
     suites = protocols.load_suites(args.benchmarks, args.limit, args.seed, args.data)  # before any model loads
     run_dir = Path(args.adapter).parent if Path(args.adapter).is_dir() else None
     output = args.output or (run_dir / "benchmarks" if run_dir else Path("benchmarks"))
-    loaded = loading.load(args.adapter, args.base_model, loading.choose_backend(args.backend))
+    loaded = for_inference.load(args.adapter, args.base_model, for_inference.choose_backend(args.backend))
     if loaded.kind != "adapter" and not args.no_base:
         raise UserError(f"{args.adapter} is a merged model: there is no adapter to disable for the base "
                         f"comparison. Fix: pass the adapter folder, or --no-base.")
@@ -165,5 +169,5 @@ def run_benchmarks(args) -> dict:
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

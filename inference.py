@@ -18,7 +18,7 @@ from pathlib import Path
 # --- model and generation (each is also a command-line flag) -------------------------------------------------------
 BACKEND = "auto"  # Unsloth's fast inference on a CUDA GPU where it imports; transformers + peft elsewhere
 MAX_NEW_TOKENS = 1024  # budget per answer when the adapter records none (the run's MAX_NEW_TOKENS wins)
-ENGINE = "auto"  # batch mode: continuous batching where it applies, else batched generate (medreason/generation.py)
+ENGINE = "auto"  # batch mode: continuous batching where it applies, else batched generate (medreason/answers/generation.py)
 MAX_CONTINUATIONS = 2  # times an answer cut off inside <think>/<response> is continued
 CONTINUATION_TOKENS = 256  # budget of each continuation
 BATCH_SIZE = 8  # questions answered together in batch mode (left-padded); lower it if out of memory
@@ -59,8 +59,8 @@ def parse_args(argv):
 
 
 def read_questions(path: Path) -> list[str]:
-    from medreason.data import load_records, shown_names, text_problem
-    from medreason.errors import UserError
+    from medreason.data.readers import load_records, shown_names, text_problem
+    from medreason.config.errors import UserError
     if not path.is_file():
         raise UserError(f"--input {path}: no such file. Fix: pass a .jsonl/.json/.csv/.parquet file with a "
                         f"'question' field per row.")
@@ -77,20 +77,22 @@ def read_questions(path: Path) -> list[str]:
 
 def main(argv) -> int:
     args = parse_args(argv)
-    from medreason import answering, display, loading, tracking
-    from medreason.generation import Sampling
-    from medreason.prompts import DISCLAIMER
-    from medreason.safety import emergency_line
+    from medreason.answers import answering, display
+    from medreason.config import tracking
+    from medreason.model import for_inference
+    from medreason.answers.generation import Sampling
+    from medreason.answers.prompts import DISCLAIMER
+    from medreason.evaluate.safety import emergency_line
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
     questions = read_questions(args.input) if args.input else None  # a bad file is reported before the model loads
     if args.gguf:
-        from medreason.gguf import load_gguf
+        from medreason.model.gguf import load_gguf
         loaded = load_gguf(args.gguf)
         print(f"[load] GGUF {args.gguf} via llama.cpp ({loaded.model.device}); prompt style {loaded.style.name}",
               file=sys.stderr)
     else:
-        backend = loading.choose_backend(args.backend)
-        loaded = loading.load(args.adapter, args.base_model, backend)
+        backend = for_inference.choose_backend(args.backend)
+        loaded = for_inference.load(args.adapter, args.base_model, backend)
         print(f"[load] {loaded.kind} {args.adapter} on {loaded.base_model} via {backend} ({loaded.model.device})",
               file=sys.stderr)
     options = dict(sampling=Sampling(args.sample, args.temperature, args.top_p, args.repetition_penalty),
@@ -101,7 +103,7 @@ def main(argv) -> int:
     disclaimer = not args.no_disclaimer
 
     def ask(question: str):
-        if line := emergency_line(question):  # chest pain, stroke signs, suicidal thoughts (medreason/safety.py)
+        if line := emergency_line(question):  # chest pain, stroke signs, suicidal thoughts (medreason/evaluate/safety.py)
             print(line)
         streamer = display.make_streamer(loaded.tokenizer, args.show_thinking, style=loaded.style)
         answer, = answering.answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style, budget,
@@ -140,5 +142,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

@@ -36,10 +36,10 @@ DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"  # Hub id, or a .json/.
 DATASET_CONFIG = "en"  # the Hub dataset's subset ("en", "zh", ...); ignored for local files
 TRAIN_SAMPLES: int | None = None  # None = every row; e.g. 1000 for a quicker seeded subset
 VAL_SIZE = 100  # rows held out (seeded) for the eval loss and the answer metrics
-PROMPT_STYLE = "think_response"  # answer layout; see medreason/prompts.py for the styles
+PROMPT_STYLE = "think_response"  # answer layout; see medreason/answers/prompts.py for the styles
 MAX_THINK_WORDS: int | None = None  # None = whole chains of thought; N = keep opening + concluding paragraphs
 SAFETY_MIX = 0.0  # share of the training rows that are the project's safety examples (unsafe asks declined, look-
-#                   alike questions answered; medreason/safety.py), 0-0.5, e.g. 0.1; 0 = none
+#                   alike questions answered; medreason/evaluate/safety.py), 0-0.5, e.g. 0.1; 0 = none
 SAFETY_EVAL_SAMPLES: int | None = None  # unsafe asks and safe controls (each) answered after training, for the
 #                                         refusal and over-refusal rates; None = EVAL_SAMPLES (at most 36); 0 = none
 
@@ -87,17 +87,22 @@ GGUF_EXPORTER = "llama.cpp"  # llama.cpp's converter/quantizer from llama-cpp-py
 
 
 def main(argv):
-    from medreason import benchmarks, data, distributed, errors, evaluation, exports, preflight, prompts, protocols, \
-        publishing, runtime, settings, tracking, training
-    from medreason.modeling import load_for_training, resolve_model_path, trainable_summary
-    from medreason.results import Clock, write_run
+    from medreason.answers import prompts
+    from medreason.config import distributed, errors, run_plan, settings, tracking
+    from medreason.data import readers
+    from medreason.evaluate import benchmarks, comparison as evaluation, protocols
+    from medreason.model import exports
+    from medreason.publish import hub
+    from medreason.train import preflight, sft
+    from medreason.model.for_training import load_for_training, resolve_model_path, trainable_summary
+    from medreason.evaluate.results import Clock, write_run
 
     clock = Clock()
     distributed.quiet_other_processes()  # under accelerate launch, one process prints and writes
-    cfg, origins = settings.resolve(globals(), argv, automatic=runtime.automatic_preset)
+    cfg, origins = settings.resolve(globals(), argv, automatic=run_plan.automatic_preset)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")  # for a crash report
     tracking.load_secrets()  # HF_TOKEN, WANDB_API_KEY from .env; never printed
-    plan = runtime.plan_run(cfg, origins)  # device, backend, precision, CPU sizing: each printed with its reason
+    plan = run_plan.plan_run(cfg, origins)  # device, backend, precision, CPU sizing: each printed with its reason
     settings.print_settings("medical_fine_tuning.py", cfg, origins, plan.reasons, notes=(
         "on a GPU, the real run is simply: python medical_fine_tuning.py (Llama-3.2-3B on "
         "FreedomIntelligence/medical-o1-reasoning-SFT)",) if plan.demo else ())
@@ -105,21 +110,21 @@ def main(argv):
     model_path = resolve_model_path(cfg.MODEL_NAME)
 
     # 0. Every setting-derived object is built now, so a bad setting costs seconds: push, exports, W&B, the trainer.
-    push_plan = publishing.check_push(cfg.PUSH_TO_HUB, cfg.HF_REPO_ID, cfg.HF_PRIVATE, out.name)
+    push_plan = hub.check_push(cfg.PUSH_TO_HUB, cfg.HF_REPO_ID, cfg.HF_PRIVATE, out.name)
     export_plan = exports.check_exports(cfg.SAVE_MERGED, cfg.SAVE_GGUF, plan.backend, model_path, cfg.GGUF_EXPORTER)
     report_to = tracking.setup_wandb(cfg.REPORT_TO, cfg.WANDB_PROJECT, cfg.OUTPUT_DIR)
-    sft_config = training.build_sft_config(cfg, plan, report_to, out / "checkpoints")
+    sft_config = sft.build_sft_config(cfg, plan, report_to, out / "checkpoints")
 
     # 1. Data: read, validate, split and format as examples in the prompt style, before any model is loaded.
     with distributed.main_process_first():  # one download per machine; the others read the cache
         tokenizer = preflight.tokenizer_for(model_path, dry_run=cfg.DRY_RUN)
-        prepared = data.prepare_training_data(cfg, style, tokenizer)
+        prepared = readers.prepare_training_data(cfg, style, tokenizer)
 
     # 2. Preflight: token lengths with the model's own tokenizer; a checkpoint to resume must fit this run.
     preflight.check_training_data(prepared, tokenizer, cfg.MAX_SEQ_LENGTH)
     preflight.say_training_estimate(cfg, plan, model_path, prepared)  # minutes from this run's steps x rows x tokens
     benchmarks.preflight_contamination(prepared.train, cfg.BENCHMARKS)  # a warning with the count and an example
-    resume = training.resume_point(out / "checkpoints", cfg)
+    resume = sft.resume_point(out / "checkpoints", cfg)
     clock.lap("data_and_preflight")
     if cfg.DRY_RUN:
         print(f"[dry run] settings, data and preflight checked in {clock.timings()['total']:.0f} s; no model weights "
@@ -132,15 +137,15 @@ def main(argv):
     clock.lap("model_load")
 
     # 4. Train with trl's SFTTrainer (loss on the answer only), resuming from the newest checkpoint if any.
-    trainer = training.build_trainer(model, tokenizer, prepared.train, prepared.val, sft_config,
+    trainer = sft.build_trainer(model, tokenizer, prepared.train, prepared.val, sft_config,
                                      cfg.EARLY_STOPPING_PATIENCE)
     preflight.show_training_example(trainer.train_dataset, tokenizer)
-    info = training.run_info(cfg, plan, style)  # saved with the adapter: inference asks exactly as trained
-    train_result = training.train(trainer, resume, out, info)
+    info = sft.run_info(cfg, plan, style)  # saved with the adapter: inference asks exactly as trained
+    train_result = sft.train(trainer, resume, out, info)
     clock.lap("train")
 
     # 5. Save the adapter before anything else can fail (the main process writes it; the others wait).
-    adapter_dir = training.save_final_adapter(trainer, model, tokenizer, out / "adapter", info)
+    adapter_dir = sft.save_final_adapter(trainer, model, tokenizer, out / "adapter", info)
 
     # 6. Evaluate: eval loss, then base (adapter disabled) vs tuned answers to held-out questions, shared out
     #    over the processes when there are several.
@@ -154,7 +159,7 @@ def main(argv):
                                       train_result.training_loss, sample, prepared.val_rows, prepared.info, style)
 
     # 7. Publish, then exports: the adapter is on disk, and no export can cost the push.
-    pushed = publishing.publish(out, push_plan)
+    pushed = hub.publish(out, push_plan)
     exported = exports.run_exports(export_plan, model, tokenizer, plan.backend, model_path, adapter_dir, out,
                                    cfg.MAX_NEW_TOKENS)
     tracking.finish(metrics)
@@ -183,5 +188,5 @@ def exit_status(result) -> int:
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(lambda argv: exit_status(main(argv)))

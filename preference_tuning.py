@@ -75,7 +75,7 @@ _DEMO_PRESET = "demo"  # configs/preference/demo.yaml                           
 
 def automatic_preset(values: dict, given: set[str]):
     """With no CUDA GPU and no preset named: the CPU recipe (embedded judge, a handful of questions, a few steps)."""
-    from medreason import hardware
+    from medreason.config import hardware
     if hardware.detect().device == "cuda":
         return None
     what = "the offline demo" if not given else "the CPU recipe for the settings you gave"
@@ -95,9 +95,10 @@ def demo_note(cfg) -> str:
 
 def say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, questions, held_out, ready):
     """The stage's time from its real work (questions x candidates x tokens, DPO steps x pairs), before it starts."""
-    from medreason import dpo, estimates
-    from medreason.modeling import resolve_model_path
-    from medreason.prompts import prompt_length
+    from medreason.config import estimates
+    from medreason.preference import dpo
+    from medreason.model.for_training import resolve_model_path
+    from medreason.answers.prompts import prompt_length
     asked = ([] if ready else questions) + held_out
     prompt = sum(prompt_length(tokenizer, q.text, style) for q in asked) / max(len(asked), 1)
     shape, why = estimates.model_shape(resolve_model_path(dpo.sft_base(sft_folder, sft_info)))
@@ -128,7 +129,7 @@ def ensure_sft_adapter(cfg, origins) -> None:
     writes it. An adapter named on the command line is never trained here: a missing one is an error."""
     import subprocess
     import sys
-    from medreason.errors import UserError
+    from medreason.config.errors import UserError
     adapter = Path(cfg.SFT_ADAPTER)
     given = origins.get("SFT_ADAPTER") == "command line"
     if (adapter / "adapter_config.json").is_file() or not cfg.TRAIN_SFT_IF_MISSING or given:
@@ -144,15 +145,17 @@ def ensure_sft_adapter(cfg, origins) -> None:
 
 
 def main(argv):
-    from medreason import dpo, errors, judging, preference, runtime, settings, stage_report, tracking
-    from medreason.results import Clock, write_results
+    from medreason.config import errors, run_plan, settings, tracking
+    from medreason.evaluate import judging, stage_report
+    from medreason.preference import dpo, pairs as preference
+    from medreason.evaluate.results import Clock, write_results
 
     clock = Clock()
     cfg, origins = settings.resolve(globals(), argv, automatic=automatic_preset, preset_dir=_PRESET_DIR)
     place_output(cfg, origins)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")
     tracking.load_secrets()
-    plan = runtime.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
+    plan = run_plan.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
     demo = cfg.PRESET == _DEMO_PRESET
     if demo:  # the trainer's DEMO MODE line describes the trainer's demo; this stage says its own (demo_note)
         plan.reasons = [r for r in plan.reasons if not r.startswith("DEMO MODE")]
@@ -238,5 +241,5 @@ def print_summary(out, clock, adapter_dir, results, card, metrics, cfg):
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

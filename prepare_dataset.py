@@ -31,14 +31,14 @@ def parse_args(argv):
     p.add_argument("--tokenizer", default=TOKENIZER)
     p.add_argument("--max-seq-length", type=int, default=MAX_SEQ_LENGTH)
     p.add_argument("--benchmarks", default=BENCHMARKS, help="exam benchmarks whose questions the rows are checked "
-                                                            "against (medreason/benchmarks.py); '' = none")
+                                                            "against (medreason/evaluate/benchmarks.py); '' = none")
     p.add_argument("--decontaminate", action="store_true", help="drop rows sharing 64+ characters with a benchmark "
                                                                 "question (HuatuoGPT-o1's filter)")
     return p.parse_args(argv)
 
 
 def check_arguments(size: int, test_fraction: float, output: Path) -> None:
-    from medreason.errors import UserError
+    from medreason.config.errors import UserError
     if size < 0:
         raise UserError(f"--size {size}: a number of rows. Fix: --size 0 (all rows) or more, e.g. --size {SIZE}.")
     if not 0 <= test_fraction < 1:
@@ -51,13 +51,15 @@ def check_arguments(size: int, test_fraction: float, output: Path) -> None:
 def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "en",
             test_fraction: float = TEST_FRACTION, seed: int = SEED, tokenizer_name: str = TOKENIZER,
             max_seq_length: int = MAX_SEQ_LENGTH, benchmark_names: str = "", decontaminate: bool = False) -> dict:
-    from medreason import data, preflight, preparation, prompts
-    from medreason.modeling import load_tokenizer, resolve_model_path
-    from medreason.results import write_rows
+    from medreason.answers import prompts
+    from medreason.data import readers, subsets
+    from medreason.train import preflight
+    from medreason.model.for_training import load_tokenizer, resolve_model_path
+    from medreason.evaluate.results import write_rows
     check_arguments(size, test_fraction, output)
-    records = data.load_records(dataset, config, setting="--dataset")
-    rows, dropped = data.validate(records, dataset)
-    rows, duplicates = preparation.deduplicate(rows)
+    records = readers.load_records(dataset, config, setting="--dataset")
+    rows, dropped = readers.validate(records, dataset)
+    rows, duplicates = subsets.deduplicate(rows)
     if duplicates:
         dropped["duplicate question"] = duplicates
     rows, contamination = check_contamination(rows, benchmark_names, decontaminate)
@@ -66,22 +68,22 @@ def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "
     tokenizer = load_tokenizer(resolve_model_path(tokenizer_name))
     style = prompts.get_style("think_response")
     example_lengths = [preflight.token_lengths(tokenizer, prompts.to_conversation(r, style))[1] for r in rows]
-    chosen = preparation.stratified_subset(rows, example_lengths, size or len(rows), seed)
+    chosen = subsets.stratified_subset(rows, example_lengths, size or len(rows), seed)
     subset = [rows[i] for i in chosen]
-    lengths = {**preparation.field_token_lengths(tokenizer, subset, data.FIELDS),
+    lengths = {**subsets.field_token_lengths(tokenizer, subset, readers.FIELDS),
                "example": [example_lengths[i] for i in chosen]}
-    train, test = preparation.train_test_split(subset, test_fraction, seed)
+    train, test = subsets.train_test_split(subset, test_fraction, seed)
     output.mkdir(parents=True, exist_ok=True)
     write_rows(output / "train.jsonl", train)
     write_rows(output / "test.jsonl", test)
-    preparation.plot_histogram(lengths, max_seq_length, output / "length_histogram.png")
+    subsets.plot_histogram(lengths, max_seq_length, output / "length_histogram.png")
     stats = {"source": dataset, "read": len(records), "kept": len(rows), "dropped": dict(dropped),
              "subset": len(subset), "train": len(train), "test": len(test), "seed": seed, "tokenizer": tokenizer_name,
-             "tokens": {name: preparation.describe(values) for name, values in lengths.items()},
+             "tokens": {name: subsets.describe(values) for name, values in lengths.items()},
              "over_max_seq_length": sum(n > max_seq_length for n in lengths["example"]),
              "max_seq_length": max_seq_length, "contamination": contamination,
-             "question_types": {"all": preparation.type_counts(rows),
-                                                                 "subset": preparation.type_counts(subset)}}
+             "question_types": {"all": subsets.type_counts(rows),
+                                                                 "subset": subsets.type_counts(subset)}}
     (output / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
@@ -89,7 +91,7 @@ def prepare(dataset: str, output: Path, size: int = SIZE, config: str | None = "
 def check_contamination(rows: list[dict], names: str, decontaminate: bool) -> tuple[list[dict], dict]:
     """Rows against the benchmarks' questions: a warning per benchmark with the count and an example; with
     decontaminate, the overlapping rows dropped. Returns (rows, what was found)."""
-    from medreason import benchmarks
+    from medreason.evaluate import benchmarks
     if not names:
         if decontaminate:
             print("[contamination] --decontaminate with no --benchmarks: nothing to check against")
@@ -131,5 +133,5 @@ def main(argv) -> dict:
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

@@ -21,16 +21,17 @@ def main(argv) -> int:
     p.add_argument("--space", default="", metavar="NAMESPACE/NAME",
                    help="also build and push a Gradio Space serving the adapter (folder: OUTPUT_DIR/space_upload)")
     args = p.parse_args(argv)
-    from medreason import publishing, space, tracking
+    from medreason.config import tracking
+    from medreason.publish import hub, space
     tracking.load_secrets()
-    plan = publishing.check_push("dry-run" if args.dry_run else True, args.repo_id, not args.public,
+    plan = hub.check_push("dry-run" if args.dry_run else True, args.repo_id, not args.public,
                                  args.output_dir.name)
     space_plan = space.check_space(args.space, plan) if args.space else None
-    if not publishing.publish(args.output_dir, plan):
+    if not hub.publish(args.output_dir, plan):
         return 4
     return 0 if space_plan is None or space.publish_space(args.output_dir, space_plan) else 4
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

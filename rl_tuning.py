@@ -9,7 +9,7 @@
 HuatuoGPT-o1 gains most of its edge after SFT with RL against a verifier (MedQA 69.0 -> 72.6), and AlphaMed reaches
 its results with GRPO and a plain right/wrong reward on multiple-choice questions. Here trl's GRPOTrainer samples
 NUM_GENERATIONS answers per question from the SFT adapter, scores each with the weighted rewards of
-medreason/rewards.py (format, correct, verifier, length; trl logs each by name), and moves the adapter towards the
+medreason/rl/rewards.py (format, correct, verifier, length; trl logs each by name), and moves the adapter towards the
 answers that beat their group. Read main() top to bottom: questions -> rewards -> model -> GRPO -> save -> SFT vs RL.
 """
 from pathlib import Path
@@ -29,7 +29,7 @@ USE_VLLM = False  # trl's vLLM sampling: not installed by requirements-gpu.txt (
 # --- questions ---------------------------------------------------------------------------------------------------
 DATASET = "medqa:train"  # a file or Hub id of multiple-choice rows {question, options, answer}, medical-o1 rows (with
 #                          a verifier) or bare questions; or <benchmark>:<split> of evaluate.py's benchmarks (medqa,
-#                          medmcqa: their train splits, mapped to our rows by medreason/benchmarks.py)
+#                          medmcqa: their train splits, mapped to our rows by medreason/evaluate/benchmarks.py)
 DATASET_CONFIG: str | None = None  # the Hub dataset's subset, if it has several
 TRAIN_QUESTIONS: int | None = 2000  # questions to train on (seeded sample); None = all but the held-out ones
 EVAL_SAMPLES = 200  # questions held out (seeded) for SFT vs RL; never trained on
@@ -38,7 +38,7 @@ BENCHMARKS = "medqa,medmcqa,pubmedqa,mmlu-pro-health"  # exams whose questions a
 #                                                         only the held-out questions); names, .yaml, or local files
 CONTAMINATION_CHARS = 64  # a training question sharing this many characters with an exam question is refused
 
-# --- rewards (medreason/rewards.py) --------------------------------------------------------------------------------
+# --- rewards (medreason/rl/rewards.py) --------------------------------------------------------------------------------
 REWARDS = {"format": 0.5, "correct": 1.0, "length": 0.5}  # name: weight; the weighted sum is the GRPO reward
 VERIFIER = "none"  # open-ended rows: "reference" (ROUGE-L to the reference answer) or "model" (VERIFIER_MODEL)
 VERIFIER_MODEL = "FreedomIntelligence/medical_o1_verifier_3B"  # HuatuoGPT-o1's classifier (local folder or Hub id)
@@ -79,7 +79,7 @@ _SMALL_GPU_GIB = 20  # below this much GPU memory (a T4's 15 GB), the T4 sizes
 
 def automatic_preset(values: dict, given: set[str]):
     """No CUDA GPU: the offline demo (CPU recipe). A GPU under 20 GiB (a T4): the sizes measured to fit 15 GB."""
-    from medreason import hardware
+    from medreason.config import hardware
     if hardware.detect().device != "cuda":
         what = "the offline demo" if not given else "the CPU recipe for the settings you gave"
         return _DEMO_PRESET, f"no CUDA GPU, so {what} (configs/rl/{_DEMO_PRESET}.yaml; --NAME=value still wins)"
@@ -109,9 +109,12 @@ def place_output(cfg, origins) -> None:
 
 
 def main(argv):
-    from medreason import errors, preference, rewards, rl, runtime, settings, stage_report, tracking
-    from medreason.dpo import for_training, load_policy, sft_facts, sft_style, sft_tokenizer
-    from medreason.results import Clock, write_results
+    from medreason.config import errors, run_plan, settings, tracking
+    from medreason.evaluate import stage_report
+    from medreason.preference import pairs
+    from medreason.rl import grpo, rewards
+    from medreason.preference.dpo import for_training, load_policy, sft_facts, sft_style, sft_tokenizer
+    from medreason.evaluate.results import Clock, write_results
     from preference_tuning import ensure_sft_adapter
 
     clock = Clock()
@@ -119,7 +122,7 @@ def main(argv):
     place_output(cfg, origins)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")
     tracking.load_secrets()
-    plan = runtime.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
+    plan = run_plan.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
     notes = [f"vLLM sampling: {'on' if cfg.USE_VLLM else 'off'} (USE_VLLM; requirements-gpu.txt does not install "
              f"vLLM, whose wheels pin their own torch: Colab's torch is kept, and on a T4 it would also need a second "
              f"copy of the weights and its KV cache in the same 15 GB)"]
@@ -136,51 +139,51 @@ def main(argv):
     ensure_sft_adapter(cfg, origins)
     sft_folder, sft_info = sft_facts(cfg.SFT_ADAPTER)
     style, tokenizer = sft_style(sft_info), sft_tokenizer(sft_folder, sft_info)
-    layout, rows = rl.read_questions(cfg.DATASET, cfg.DATASET_CONFIG)
-    verifier = rl.make_verifier(cfg, plan, style)
-    chosen = rewards.choose(cfg.REWARDS, rl.columns_of(layout), verifier)
+    layout, rows = grpo.read_questions(cfg.DATASET, cfg.DATASET_CONFIG)
+    verifier = grpo.make_verifier(cfg, plan, style)
+    chosen = rewards.choose(cfg.REWARDS, grpo.columns_of(layout), verifier)
     for line in rewards.describe(chosen):
         print(f"[rewards] {line}")
-    train_rows, held_out = preference.split_held_out(rows, cfg.EVAL_SAMPLES, cfg.TRAIN_QUESTIONS, cfg.SEED)
-    exam_texts, exams = rl.benchmark_questions(cfg.BENCHMARKS)
-    train_rows, refused = rl.refuse_contaminated(train_rows, held_out, exam_texts, cfg.CONTAMINATION_CHARS)
-    train_rows = preference.fit_questions(train_rows, style, tokenizer, cfg.MAX_SEQ_LENGTH - cfg.MAX_NEW_TOKENS)
+    train_rows, held_out = pairs.split_held_out(rows, cfg.EVAL_SAMPLES, cfg.TRAIN_QUESTIONS, cfg.SEED)
+    exam_texts, exams = grpo.benchmark_questions(cfg.BENCHMARKS)
+    train_rows, refused = grpo.refuse_contaminated(train_rows, held_out, exam_texts, cfg.CONTAMINATION_CHARS)
+    train_rows = pairs.fit_questions(train_rows, style, tokenizer, cfg.MAX_SEQ_LENGTH - cfg.MAX_NEW_TOKENS)
     counts = {"train": len(train_rows), "held_out": len(held_out), "benchmarks": exams, **refused}
     report_to = tracking.setup_wandb(cfg.REPORT_TO, cfg.WANDB_PROJECT, cfg.OUTPUT_DIR)
     functions, weights = rewards.for_trl(chosen, style, set())  # stop ids are set once the model is loaded
-    grpo_config = rl.build_grpo_config(cfg, plan, report_to, out / "checkpoints", weights)
-    info = rl.run_info(cfg, plan, sft_folder, sft_info, style, chosen)  # saved with the adapter: every stage named
-    resume = rl.resume_point(out / "checkpoints", info["trained_by"])
+    grpo_config = grpo.build_grpo_config(cfg, plan, report_to, out / "checkpoints", weights)
+    info = grpo.run_info(cfg, plan, sft_folder, sft_info, style, chosen)  # saved with the adapter: every stage named
+    resume = grpo.resume_point(out / "checkpoints", info["trained_by"])
     clock.lap("questions")
 
     # 1. Model: the SFT adapter as the trainable policy (Unsloth's 4-bit FastLanguageModel on a GPU).
     errors.set_run_context(step="1. model")
     model = load_policy(sft_folder, sft_info, plan, cfg)
     for function in functions:  # an answer "ended" when its last token is one of these (else it hit the budget)
-        function.stop_ids = rl.stop_ids(model, tokenizer)
+        function.stop_ids = grpo.stop_ids(model, tokenizer)
     clock.lap("model_load")
 
     # 2. GRPO with trl's GRPOTrainer: sample, score with the rewards, update; timed per step.
     errors.set_run_context(step="2. GRPO")
     for_training(model, plan.backend)
-    trainer = rl.build_trainer(model, tokenizer, rl.dataset(train_rows, style, tokenizer), grpo_config, functions)
-    timer = rl.StepTimer(trainer)
-    train_result = rl.train(trainer, resume, out, info)
-    rl.write_log(out, trainer.state.log_history)
+    trainer = grpo.build_trainer(model, tokenizer, grpo.dataset(train_rows, style, tokenizer), grpo_config, functions)
+    timer = grpo.StepTimer(trainer)
+    train_result = grpo.train(trainer, resume, out, info)
+    grpo.write_log(out, trainer.state.log_history)
     clock.lap("train")
 
     # 3. Save the RL adapter (training_info.json: every stage, the SFT prompt) before anything else can fail.
-    adapter_dir = rl.save(model, tokenizer, out / "adapter", info)
+    adapter_dir = grpo.save(model, tokenizer, out / "adapter", info)
     print(f"[save] RL adapter and tokenizer -> {adapter_dir}")
 
     # 4. SFT vs RL on the held-out questions, with the reward curves; results.json and the model card.
     errors.set_run_context(step="4. evaluate (the adapter is saved)")
     names = [r.name for r in chosen]
     timing = timer.summary()
-    comparison = rl.evaluate(model, tokenizer, held_out, layout, style, sft_folder, cfg, plan, out,
+    comparison = grpo.evaluate(model, tokenizer, held_out, layout, style, sft_folder, cfg, plan, out,
                              trainer.state.log_history, names, timing)
     clock.lap("evaluate")
-    metrics = rl.run_metrics(comparison, trainer.state.log_history, names, train_result.training_loss, timing,
+    metrics = grpo.run_metrics(comparison, trainer.state.log_history, names, train_result.training_loss, timing,
                              counts)
     results = write_results(out / "results.json", metrics, vars(cfg), plan, clock.timings(),
                             {"questions": counts, "stages": info["stages"], "evaluation": comparison,
@@ -206,5 +209,5 @@ def print_summary(out, clock, adapter_dir, results, card, metrics, cfg):
 
 
 if __name__ == "__main__":
-    from medreason.errors import run_cli
+    from medreason.config.errors import run_cli
     run_cli(main)

@@ -86,7 +86,7 @@ def cpu_rates() -> dict:
     figure from one CPU is never read as another's."""
     from dataclasses import asdict
 
-    from medreason import hardware
+    from medreason.config import hardware
     rates = hardware.cpu_rates()
     print(f"[bench] this CPU: {rates.describe()}")
     return asdict(rates)

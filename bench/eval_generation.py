@@ -1,4 +1,4 @@
-"""Evaluation generation: one answer at a time vs the batched path vs continuous batching (medreason/generation.py).
+"""Evaluation generation: one answer at a time vs the batched path vs continuous batching (medreason/answers/generation.py).
 
     python bench/eval_generation.py --questions 32 --max-new-tokens 48     # quick
     python bench/eval_generation.py --questions 32 --max-new-tokens 256    # full size (RESULTS.md)
@@ -51,10 +51,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM
-    from medreason.generation import generate
-    from medreason.modeling import load_tokenizer, resolve_model_path
-    from medreason.prompts import generation_prompt, get_style
-    from medreason.tags import closing_marker
+    from medreason.answers.generation import generate
+    from medreason.model.for_training import load_tokenizer, resolve_model_path
+    from medreason.answers.prompts import generation_prompt, get_style
+    from medreason.answers.tags import closing_marker
     path = resolve_model_path("embedded")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), load_tokenizer(path)
     style = get_style("think_response")

@@ -32,10 +32,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--t4-tokens-per-second", type=float, default=T4_TOKENS_PER_SECOND)
     args = p.parse_args()
-    from medreason import benchmarks, loading, protocols
-    from medreason.embedded import embedded_model_dir
+    from medreason.evaluate import benchmarks, protocols
+    from medreason.model import for_inference
+    from medreason.model.embedded import embedded_model_dir
     rows = benchmarks.stratified_sample(benchmarks.load(benchmarks.local_file(MEDMCQA)), args.questions, 3407)
-    loaded = loading.load(args.adapter or str(embedded_model_dir()), None, "transformers")
+    loaded = for_inference.load(args.adapter or str(embedded_model_dir()), None, "transformers")
     start = time.perf_counter()
     scored = protocols.run(loaded.model, loaded.tokenizer, rows, "strict", loaded.style, args.max_new_tokens,
                            args.batch_size, think_budget=args.think_budget or None, answer_budget=args.answer_budget)

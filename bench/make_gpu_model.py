@@ -29,7 +29,7 @@ LLAMA_3_2_3B = {
     "vocab_size": 128256,
 }
 # Llama-3.2-Instruct's chat template without its tool-calling branches: the system header carries the knowledge
-# cutoff and `date_string` (today's date via strftime_now unless given, which medreason/prompts.py pins).
+# cutoff and `date_string` (today's date via strftime_now unless given, which medreason/answers/prompts.py pins).
 CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- if not date_string is defined %}{%- if strftime_now is defined %}"

@@ -19,7 +19,7 @@ from common import SHARED_SAMPLE, save  # noqa: E402
 
 def step_seconds(model, tokenizer, prompts, new_tokens: int) -> float:
     """Seconds per decoding step for this batch (prefill excluded: a 1-token run is subtracted)."""
-    from medreason.generation import generate
+    from medreason.answers.generation import generate
     timings = []
     for budget in (1, new_tokens):
         start = time.perf_counter()
@@ -35,9 +35,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM
-    from medreason.generation import generate
-    from medreason.modeling import load_tokenizer, resolve_model_path
-    from medreason.prompts import generation_prompt, get_style
+    from medreason.answers.generation import generate
+    from medreason.model.for_training import load_tokenizer, resolve_model_path
+    from medreason.answers.prompts import generation_prompt, get_style
     path = resolve_model_path("embedded")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), load_tokenizer(path)
     sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -33,7 +33,7 @@ def render_rows(rows: list[dict]) -> list[str]:
     import trl
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from medreason.prompts import TEMPLATE_DATE, get_style, to_conversation
+    from medreason.answers.prompts import TEMPLATE_DATE, get_style, to_conversation
     template = (Path(trl.__file__).parent / "chat_templates" / "llama3_2.jinja").read_text()
     style = get_style("think_response")
     texts = []

@@ -18,7 +18,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" CMAKE_BUI
 quiet $PIP install -q -c constraints-cpu.txt -r requirements-cpu.txt -r requirements-dev.txt
 quiet $PIP install -q --no-deps -r requirements-nodeps.txt
 # llama.cpp's converter (convert_hf_to_gguf.py, its conversion/ package and gguf-py) from the same llama-cpp-python
-# source archive the library was built from: medreason/gguf.py runs it from .venv/share/llama.cpp, offline.
+# source archive the library was built from: medreason/model/gguf.py runs it from .venv/share/llama.cpp, offline.
 LLAMA_CPP_PYTHON=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements-cpu.txt)
 CONVERTER=.venv/share/llama.cpp
 if [ "$(cat "$CONVERTER/VERSION" 2>/dev/null)" != "$LLAMA_CPP_PYTHON" ]; then
@@ -42,4 +42,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: install chromium (sudo apt-get install -y chromium) for the browser test"
   fi
 fi
-.venv/bin/python -c "from medreason import quiet; quiet.install(); import torch, transformers, trl, peft, llama_cpp; print('ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__, '| llama-cpp-python', llama_cpp.__version__)"
+.venv/bin/python -c "from medreason.config import quiet; quiet.install(); import torch, transformers, trl, peft, llama_cpp; print('ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__, '| llama-cpp-python', llama_cpp.__version__)"

@@ -34,13 +34,13 @@ def _restore_wandb_environment():
 
 @pytest.fixture(scope="session")
 def embedded_dir():
-    from medreason.embedded import embedded_model_dir
+    from medreason.model.embedded import embedded_model_dir
     return embedded_model_dir()
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_dir):
-    from medreason.modeling import load_tokenizer
+    from medreason.model.for_training import load_tokenizer
     return load_tokenizer(str(embedded_dir))
 
 
@@ -62,7 +62,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="session")
 def demo_rows():
-    from medreason.data import DEMO_DATASET
+    from medreason.data.readers import DEMO_DATASET
     return [json.loads(line) for line in DEMO_DATASET.read_text().splitlines()]
 
 
@@ -92,7 +92,7 @@ def parrot_model_dir(tmp_path_factory, tiny_model_dir, tokenizer):
     """The tiny Llama, fully trained to repeat PARROT_ANSWERS: a real model whose output we know in advance."""
     import torch
     from transformers import AutoModelForCausalLM
-    from medreason.prompts import generation_prompt, get_style
+    from medreason.answers.prompts import generation_prompt, get_style
     style = get_style("think_response")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -119,12 +119,12 @@ def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
     """An adapter written by our trainer code (2 steps on the tiny Llama, transformers backend)."""
     import types
     from datasets import Dataset
-    from medreason import training
-    from medreason.modeling import load_for_training, save_adapter
-    from medreason.prompts import get_style, to_conversation
-    from medreason.runtime import Plan
+    from medreason.train import sft
+    from medreason.model.for_training import load_for_training, save_adapter
+    from medreason.answers.prompts import get_style, to_conversation
+    from medreason.config.run_plan import Plan
     import medical_fine_tuning
-    from medreason.settings import collect
+    from medreason.config.settings import collect
     out = tmp_path_factory.mktemp("tiny-run")
     cfg = types.SimpleNamespace(**{  # the script's constants, then the test's sizes
         **collect(vars(medical_fine_tuning)), "MAX_SEQ_LENGTH": 256, "BATCH_SIZE": 2, "EVAL_BATCH_SIZE": 2,
@@ -136,8 +136,8 @@ def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
     style = get_style("think_response")
     model, tok = load_for_training(cfg, plan, str(tiny_model_dir))
     data = Dataset.from_list([to_conversation(r, style) for r in demo_rows[:4]])
-    trainer = training.build_trainer(model, tok, data, None,
-                                     training.build_sft_config(cfg, plan, [], out / "checkpoints"))
+    trainer = sft.build_trainer(model, tok, data, None,
+                                     sft.build_sft_config(cfg, plan, [], out / "checkpoints"))
     trainer.train()
     return save_adapter(model, tok, out / "adapter", {"model_name": str(tiny_model_dir),
                                                       "prompt_style": style.name, "system_prompt": style.system_prompt})

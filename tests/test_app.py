@@ -1,4 +1,4 @@
-"""The chat page (app.py, medreason/webchat.py): its streaming handler on a trained adapter, then the real page in
+"""The chat page (app.py, medreason/serve/webchat.py): its streaming handler on a trained adapter, then the real page in
 headless Chromium (Debian's `chromium`, driven by Playwright without a browser download)."""
 import os
 import shutil
@@ -33,8 +33,8 @@ def parrot_adapter(tmp_path_factory, tokenizer):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
-    from medreason.modeling import save_adapter
-    from medreason.prompts import generation_prompt, get_style
+    from medreason.model.for_training import save_adapter
+    from medreason.answers.prompts import generation_prompt, get_style
     torch.manual_seed(0)
     # initializer_range 0.2 (not 0.02): embeddings large enough for the LoRA layers to make confident predictions
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -64,12 +64,12 @@ def parrot_adapter(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def loaded(parrot_adapter):
-    from medreason import loading
-    return loading.load(str(parrot_adapter))
+    from medreason.model import for_inference
+    return for_inference.load(str(parrot_adapter))
 
 
 def ask(loaded, question, max_new_tokens=64, max_continuations=2):
-    from medreason import webchat
+    from medreason.serve import webchat
     respond = webchat.make_responder(loaded, max_continuations, continuation_tokens=32)
     return list(respond(question, [], max_new_tokens, False, 0.6, 0.95, 1.0))
 
@@ -83,7 +83,7 @@ def answers(messages):
 
 
 def test_the_answer_streams_with_its_reasoning_in_a_folding_message(loaded):
-    from medreason.prompts import DISCLAIMER
+    from medreason.answers.prompts import DISCLAIMER
     assert loaded.style.system_prompt == SYSTEM_PROMPT
     updates = ask(loaded, COUGH)
     assert len(updates) > 3
@@ -123,15 +123,15 @@ def test_untagged_text_has_no_reasoning_panel_and_is_not_passed_off_as_whole(loa
 
 
 def test_empty_and_too_long_questions_get_a_message_not_an_error(loaded):
-    from medreason import webchat
+    from medreason.serve import webchat
     assert [m.content for m in ask(loaded, "   ")[-1]] == [webchat.EMPTY_QUESTION]
     too_long, = ask(loaded, "fever " * 600)[-1]  # the tiny model reads 512 tokens
     assert too_long.content.startswith("**Question too long**") and "512 tokens" in too_long.content
 
 
 def test_the_budget_is_cut_to_what_the_context_leaves(loaded):
-    from medreason import webchat
-    from medreason.prompts import generation_prompt
+    from medreason.serve import webchat
+    from medreason.answers.prompts import generation_prompt
     budget = webchat.fit_budget(loaded, COUGH, 4096, max_continuations=2, continuation_tokens=256)
     room = 512 - len(loaded.tokenizer(generation_prompt(loaded.tokenizer, COUGH, loaded.style),
                                       add_special_tokens=False)["input_ids"])
@@ -141,8 +141,8 @@ def test_the_budget_is_cut_to_what_the_context_leaves(loaded):
 
 
 def test_closing_the_stream_stops_the_generation(loaded):
-    from medreason import webchat
-    from medreason.generation import GREEDY
+    from medreason.serve import webchat
+    from medreason.answers.generation import GREEDY
     budget = webchat.Budget(150, 0, 32, False)
     unknown = "Something the parrot never heard?"  # it rambles until the budget runs out
     start = time.monotonic()
@@ -232,8 +232,8 @@ def submit(page, question):
 @pytest.mark.e2e
 def test_the_page_in_a_browser(server, browser, tmp_path):
     from playwright.sync_api import expect
-    from medreason import webchat
-    from medreason.prompts import DISCLAIMER
+    from medreason.serve import webchat
+    from medreason.answers.prompts import DISCLAIMER
     page = open_page(browser, server)
     expect(page.locator("#banner")).to_contain_text("a small LoRA fine-tune")
     expect(page.locator("#banner")).to_contain_text("not medical advice")

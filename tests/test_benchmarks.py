@@ -1,7 +1,7 @@
 """Exam benchmarks (#22): field mappings, both scorers, the thinking budget, contamination, model-index, evaluate.py."""
 import pytest
 
-from medreason import contamination
+from medreason.evaluate import contamination
 
 QUESTION = ("A 45-year-old man presents with crushing chest pain radiating to the left arm and diaphoresis for two "
             "hours. His ECG shows ST elevation in leads II, III and aVF. What is the most appropriate next step?")
@@ -22,7 +22,7 @@ def test_contamination_finds_a_planted_64_character_overlap_and_ignores_a_40_cha
 # --- field mappings, on records with each dataset's own field names (checked against its card) ----------------------
 
 def test_each_benchmark_maps_its_own_fields_to_question_options_answer():
-    from medreason.benchmarks import BENCHMARKS, to_rows
+    from medreason.evaluate.benchmarks import BENCHMARKS, to_rows
     medqa = {"question": "A 23-year-old woman ...?", "answer": "Nitrofurantoin", "meta_info": "step1",
              "answer_idx": "D", "options": {"A": "Ampicillin", "B": "Ceftriaxone", "C": "Doxycycline",
                                             "D": "Nitrofurantoin"}, "metamap_phrases": ["woman"]}
@@ -55,7 +55,7 @@ def test_each_benchmark_maps_its_own_fields_to_question_options_answer():
 
 def test_a_users_yaml_benchmark_and_a_local_file_load(tmp_path):
     import json
-    from medreason import benchmarks
+    from medreason.evaluate import benchmarks
     rows = [{"stem": f"Question {i}?", "a": "one", "b": "two", "c": "three", "key": i % 3} for i in range(6)]
     (tmp_path / "exam.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "mine.yaml").write_text("dataset: exam.jsonl\nquestion: stem\noptions: [a, b, c]\nanswer: key\n"
@@ -77,8 +77,8 @@ def test_a_users_yaml_benchmark_and_a_local_file_load(tmp_path):
 
 
 def test_offline_without_a_cached_copy_is_one_line_naming_the_id_and_how_to_get_it(monkeypatch, tmp_path):
-    from medreason import benchmarks
-    from medreason.errors import UserError
+    from medreason.evaluate import benchmarks
+    from medreason.config.errors import UserError
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
@@ -91,7 +91,7 @@ def test_offline_without_a_cached_copy_is_one_line_naming_the_id_and_how_to_get_
 
 
 def test_limit_takes_a_seeded_sample_stratified_by_the_correct_letter():
-    from medreason.benchmarks import stratified_sample
+    from medreason.evaluate.benchmarks import stratified_sample
     rows = [{"question": str(i), "options": {"A": "a", "B": "b"}, "answer": "A" if i < 80 else "B"}
             for i in range(100)]
     sample = stratified_sample(rows, 10, seed=1)
@@ -106,7 +106,7 @@ OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Alteplase", "D": "Percutaneous 
 
 
 def test_strict_takes_the_last_explicit_answer_and_refuses_a_hedge():
-    from medreason.choices import extract_choice
+    from medreason.answers.choices import extract_choice
     assert extract_choice("<think>\nmaybe the answer is A\n</think>\n<response>\nThe answer is C.\n</response>",
                           OPTIONS) == "C"
     assert extract_choice("The answer is A. On reflection, the answer is D.", OPTIONS) == "D"
@@ -116,8 +116,8 @@ def test_strict_takes_the_last_explicit_answer_and_refuses_a_hedge():
 
 
 def test_huatuo_takes_the_first_and_the_last_letter_and_the_better_of_the_two():
-    from medreason.protocols import huatuo_choice, score
-    from medreason.answering import Answer
+    from medreason.evaluate.protocols import huatuo_choice, score
+    from medreason.answers.answering import Answer
     assert huatuo_choice("The answer is B. Wait, the answer is D.", OPTIONS) == ("B", "D", 1)
     assert huatuo_choice("## Thinking\n\nThe answer is A?\n\n## Final Response\n\nThe answer is C.", OPTIONS) == \
         ("C", "C", 1)  # only the final response is read
@@ -135,7 +135,7 @@ def test_huatuo_takes_the_first_and_the_last_letter_and_the_better_of_the_two():
 
 
 def test_the_average_weighs_each_benchmark_equally_with_an_interval():
-    from medreason.protocols import average
+    from medreason.evaluate.protocols import average
     result = average({"big": [1.0] * 90 + [0.0] * 10, "small": [0.0, 0.0, 1.0, 1.0]})
     assert result["value"] == pytest.approx((0.9 + 0.5) / 2) and result["n"] == 104
     assert result["ci95"][0] < result["value"] < result["ci95"][1]
@@ -147,10 +147,10 @@ def test_the_average_weighs_each_benchmark_equally_with_an_interval():
                                                    ("huatuo", "## Thinking\n\nThe ST elevation is inferior"),
                                                    ("r1", "The ST elevation is inferior")])
 def test_the_budget_closes_reasoning_in_the_styles_layout_and_the_forced_answer_is_parsed(style_name, reasoning):
-    from medreason.answering import BUDGET_CLOSINGS, _budget_closing
-    from medreason.choices import extract_choice
-    from medreason.prompts import get_style
-    from medreason.tags import parse_answer
+    from medreason.answers.answering import BUDGET_CLOSINGS, _budget_closing
+    from medreason.answers.choices import extract_choice
+    from medreason.answers.prompts import get_style
+    from medreason.answers.tags import parse_answer
     style = get_style(style_name)
     closing = _budget_closing(reasoning, hit_budget=True, style=style)
     assert closing == BUDGET_CLOSINGS[style_name]
@@ -168,8 +168,8 @@ def test_the_budget_closes_reasoning_in_the_styles_layout_and_the_forced_answer_
 def test_an_answer_reaching_the_budget_gets_its_reasoning_closed_by_either_engine(parrot_model_dir, engine):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from conftest import PARROT_ANSWERS
-    from medreason.answering import answer_batch
-    from medreason.prompts import get_style
+    from medreason.answers.answering import answer_batch
+    from medreason.answers.prompts import get_style
     style = get_style("think_response")
     model = AutoModelForCausalLM.from_pretrained(parrot_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(parrot_model_dir)
@@ -189,8 +189,8 @@ def test_a_response_cut_by_the_think_budget_after_the_reasoning_closed_is_finish
     gets answer_budget more tokens (even with no continuations allowed, as the exam protocols run) and ends whole."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from conftest import PARROT_ANSWERS
-    from medreason.answering import answer_batch
-    from medreason.prompts import get_style
+    from medreason.answers.answering import answer_batch
+    from medreason.answers.prompts import get_style
     style = get_style("think_response")
     model = AutoModelForCausalLM.from_pretrained(parrot_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(parrot_model_dir)
@@ -209,7 +209,7 @@ def test_a_response_cut_by_the_think_budget_after_the_reasoning_closed_is_finish
 def test_model_index_has_one_entry_per_benchmark_and_parses_with_huggingface_hub(tmp_path):
     import json
     from huggingface_hub import ModelCard
-    from medreason import publishing
+    from medreason.publish import hub
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "benchmarks").mkdir()
@@ -227,7 +227,7 @@ def test_model_index_has_one_entry_per_benchmark_and_parses_with_huggingface_hub
         "medmcqa_dev": {"dataset_id": "../shared/data/medmcqa_dev.jsonl", "subset": None, "split": "", "n": 50,
                         "base": cell(0.3), "tuned": cell(0.35)}}}
     (run / "benchmarks" / "results.json").write_text(json.dumps(table))
-    card = publishing.render_card(run, "me/medical-lora")
+    card = hub.render_card(run, "me/medical-lora")
     parsed = ModelCard(str(card))  # the Hub's own parser of the card's YAML header and its model-index
     results = {r.dataset_name: r for r in parsed.data.eval_results if r.metric_type == "accuracy"}
     assert sorted(results) == ["medmcqa_dev", "medqa", "pubmedqa"]
@@ -248,8 +248,8 @@ def embedded_adapter(tmp_path_factory, embedded_dir):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from medreason.modeling import save_adapter
-    from medreason.prompts import get_style
+    from medreason.model.for_training import save_adapter
+    from medreason.answers.prompts import get_style
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(embedded_dir),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -303,7 +303,7 @@ def test_evaluate_script_runs_benchmarks_on_the_embedded_model(embedded_adapter,
 def test_prepare_dataset_warns_and_decontaminate_drops_the_overlapping_rows(tmp_path, capsys):
     import json
     from prepare_dataset import check_contamination
-    from medreason.benchmarks import preflight_contamination
+    from medreason.evaluate.benchmarks import preflight_contamination
     exam = tmp_path / "exam.jsonl"
     exam.write_text(json.dumps({"question": QUESTION, "options": {"A": "PCI", "B": "Aspirin"}, "answer": "A"}) + "\n")
     rows = [{"Question": "Unrelated question about asthma?", "Complex_CoT": "Think.", "Response": "Inhaler."},
@@ -323,8 +323,8 @@ def test_prepare_dataset_warns_and_decontaminate_drops_the_overlapping_rows(tmp_
 
 def test_huatuo_protocol_asks_their_prompt_alone_and_samples_repeatably(parrot_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from medreason import protocols
-    from medreason.prompts import get_style
+    from medreason.evaluate import protocols
+    from medreason.answers.prompts import get_style
     model = AutoModelForCausalLM.from_pretrained(parrot_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(parrot_model_dir)
     rows = [{"question": "Which drug class causes a dry cough?", "options": OPTIONS, "answer": "A"}] * 2

@@ -1,6 +1,6 @@
 import pytest
 
-from medreason.choices import extract_choice, mcq_question
+from medreason.answers.choices import extract_choice, mcq_question
 
 OPTIONS = {"A": "Iron deficiency", "B": "Vitamin B12 deficiency", "C": "Thalassaemia",
            "D": "Anaemia of chronic disease"}

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import medical_fine_tuning
-from medreason import hardware, loading, runtime, settings
-from medreason.errors import UserError
+from medreason.config import hardware, run_plan, settings
+from medreason.model import for_inference
+from medreason.config.errors import UserError
 
 # The figures of the two CPUs in issue #30: this machine's kind (AVX512-BF16) and a 2-core AVX2-only EPYC.
 NATIVE = dict(flags=("avx512_bf16",), rates=(151.0, 356.0), capability="AVX512")
@@ -27,14 +28,14 @@ def pretend_cpu(monkeypatch, flags, rates, capability):
     monkeypatch.setattr(hardware, "_torch_sees_bf16", lambda: bool(flags))
     monkeypatch.setattr(hardware, "_matmul_rates", lambda: rates)
     monkeypatch.setattr(hardware, "_torch_capability", lambda: capability)
-    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)  # Unsloth imports; whether it is used is the rule
+    monkeypatch.setattr(run_plan, "_import_unsloth", lambda: None)  # Unsloth imports; whether it is used is the rule
     hardware.cpu_rates.cache_clear()
 
 
 def demo_plan(*overrides):
     """The no-argument command's plan on this (CUDA-less) machine, with command-line overrides."""
-    cfg, origins = settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=runtime.automatic_preset)
-    return runtime.plan_run(cfg, origins)
+    cfg, origins = settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=run_plan.automatic_preset)
+    return run_plan.plan_run(cfg, origins)
 
 
 def reason(plan, start):
@@ -82,7 +83,7 @@ def test_fp32_asked_on_a_native_bf16_cpu_goes_to_transformers_not_to_an_error(mo
 
 def test_answering_on_a_cpu_uses_the_same_rule_and_its_precision(monkeypatch, capsys):
     pretend_cpu(monkeypatch, **EMULATED)
-    assert loading.choose_backend("auto") == "transformers"
+    assert for_inference.choose_backend("auto") == "transformers"
     assert "[load] backend: transformers + peft, because answering on a CPU" in capsys.readouterr().out
     cpu = hardware.Hardware("cpu", "CPU")
     assert hardware.choose_precision("auto", cpu, "transformers")[0] == "fp32"

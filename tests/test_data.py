@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from medreason.data import (DEMO_DATASET, FIELDS, DataError, load_records, shorten_reasoning, shorten_rows, split,
+from medreason.data.readers import (DEMO_DATASET, FIELDS, DataError, load_records, shorten_reasoning, shorten_rows, split,
                             validate)
-from medreason.errors import UserError
+from medreason.config.errors import UserError
 
 ROW = {"Question": "Q?", "Complex_CoT": "reasoning", "Response": "answer"}
 
@@ -353,7 +353,7 @@ def test_prepare_dataset_errors(tmp_path, arguments, expected):
 
 
 def test_a_test_split_that_leaves_no_training_rows_is_refused():
-    from medreason.preparation import train_test_split
+    from medreason.data.subsets import train_test_split
     with pytest.raises(DataError, match=r"1 row\(s\) left: a test split of 10% leaves none for training"):
         train_test_split([ROW], 0.1, seed=0)
     assert train_test_split([ROW], 0.0, seed=0) == ([ROW], [])

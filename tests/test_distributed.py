@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from medreason import evaluation, loading
-from medreason.prompts import get_style
+from medreason.evaluate import comparison
+from medreason.model import for_inference
+from medreason.answers.prompts import get_style
 
 HARNESS = ROOT / "tests" / "harness" / "record_writes.py"
 DDP_CONFIG = ROOT / "configs" / "accelerate" / "ddp.yaml"
@@ -86,10 +87,10 @@ def test_one_process_writes_the_runs_files_and_each_file_has_one_writer(two_proc
 @pytest.mark.e2e
 def test_the_shared_evaluation_answers_as_one_process_would(two_process_run):
     out, _, _ = two_process_run
-    loaded = loading.load(str(out / "adapter"))
+    loaded = for_inference.load(str(out / "adapter"))
     samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
     rows = [{"Question": s["question"], "Complex_CoT": "", "Response": s["reference"]} for s in samples]
-    alone = evaluation.score(loaded.model, loaded.tokenizer, rows, "reasoning", get_style("think_response"), 8, 2,
+    alone = comparison.score(loaded.model, loaded.tokenizer, rows, "reasoning", get_style("think_response"), 8, 2,
                              "one process")
     assert len(samples) == EVAL_ROWS and [s["answer"] for s in samples] == alone.answers
     results = json.loads((out / "results.json").read_text())

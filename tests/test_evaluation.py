@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from medreason import evaluation, report
-from medreason.errors import UserError
-from medreason.prompts import get_style, to_conversation, tokenize_example
+from medreason.evaluate import comparison, report
+from medreason.config.errors import UserError
+from medreason.answers.prompts import get_style, to_conversation, tokenize_example
 
 STYLE = get_style("think_response")
 MEDMCQA = ROOT.parent / "shared" / "data" / "medmcqa_dev.jsonl"
@@ -37,11 +37,11 @@ def direct_answer_nll(model, tokenizer, row):
 
 def test_answer_perplexity_matches_a_direct_computation(tiny_lora, tokenizer, demo_rows):
     rows = [demo_rows[0], demo_rows[5]]  # different lengths: the batch is padded
-    batched = evaluation.answer_nll(tiny_lora, tokenizer, rows, STYLE, batch_size=2)
+    batched = comparison.answer_nll(tiny_lora, tokenizer, rows, STYLE, batch_size=2)
     for (nll, count), row in zip(batched, rows):
         expected_nll, expected_count = direct_answer_nll(tiny_lora, tokenizer, row)
         assert count == expected_count and nll == pytest.approx(expected_nll, rel=1e-4)
-    metric = evaluation.perplexity_metric(batched)
+    metric = comparison.perplexity_metric(batched)
     assert metric["value"] == pytest.approx(math.exp(sum(n for n, _ in batched) / sum(c for _, c in batched)))
     assert metric["ci95"][0] <= metric["value"] <= metric["ci95"][1] and metric["n"] == 2
 
@@ -51,7 +51,7 @@ def test_answer_perplexity_sends_only_answer_positions_through_the_output_layer(
     seen = []
     hook = tiny_lora.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape))
     try:
-        counts = [count for _, count in evaluation.answer_nll(tiny_lora, tokenizer, rows, STYLE, batch_size=2)]
+        counts = [count for _, count in comparison.answer_nll(tiny_lora, tokenizer, rows, STYLE, batch_size=2)]
     finally:
         hook.remove()
     # One (answer tokens x vocab) block per row, never (batch x padded length x vocab) for the whole batch.
@@ -60,24 +60,24 @@ def test_answer_perplexity_sends_only_answer_positions_through_the_output_layer(
 
 def test_bootstrap_interval():
     values = [1.0] * 30 + [0.0] * 70
-    metric = evaluation.mean_metric(values, seed=1)
+    metric = comparison.mean_metric(values, seed=1)
     assert metric["value"] == pytest.approx(0.3) and metric["n"] == 100
     lo, hi = metric["ci95"]
     assert 0.18 < lo < 0.3 < hi < 0.42  # about ±0.09 for a proportion of 0.3 at n = 100
-    assert evaluation.mean_metric(values, seed=1)["ci95"] == [lo, hi]  # seeded
-    assert evaluation.mean_metric([1.0] * 5)["ci95"] == [1.0, 1.0]
+    assert comparison.mean_metric(values, seed=1)["ci95"] == [lo, hi]  # seeded
+    assert comparison.mean_metric([1.0] * 5)["ci95"] == [1.0, 1.0]
 
 
 def test_base_and_tuned_match_with_a_zero_adapter_and_differ_otherwise(tiny_lora, tokenizer, demo_rows):
     rows = demo_rows[:3]
-    same = evaluation.compare(tiny_lora, tokenizer, rows, "reasoning", STYLE, max_new_tokens=6, batch_size=3)
+    same = comparison.compare(tiny_lora, tokenizer, rows, "reasoning", STYLE, max_new_tokens=6, batch_size=3)
     assert same["base"].answers == same["tuned"].answers  # LoRA B starts at zero: the adapter changes nothing
     assert same["base"].metrics["perplexity"]["value"] == pytest.approx(same["tuned"].metrics["perplexity"]["value"])
     with torch.no_grad():
         for name, param in tiny_lora.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    differ = evaluation.compare(tiny_lora, tokenizer, rows, "reasoning", STYLE, max_new_tokens=6, batch_size=3)
+    differ = comparison.compare(tiny_lora, tokenizer, rows, "reasoning", STYLE, max_new_tokens=6, batch_size=3)
     assert differ["base"].metrics["perplexity"]["value"] == pytest.approx(same["base"].metrics["perplexity"]["value"])
     tuned, base = (differ[m].metrics["perplexity"]["value"] for m in ("tuned", "base"))
     assert tuned != pytest.approx(base)
@@ -89,7 +89,7 @@ def test_base_and_tuned_match_with_a_zero_adapter_and_differ_otherwise(tiny_lora
 
 def test_report_files_are_written_and_readable(tiny_lora, tokenizer, demo_rows, tmp_path):
     rows = demo_rows[:2]
-    results = evaluation.compare(tiny_lora, tokenizer, rows, "reasoning", STYLE, max_new_tokens=4, batch_size=2)
+    results = comparison.compare(tiny_lora, tokenizer, rows, "reasoning", STYLE, max_new_tokens=4, batch_size=2)
     history = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1}, {"step": 2, "eval_loss": 2.3}]
     files = report.write_report(tmp_path, results, rows, "reasoning", {"data": "demo"}, history)
     saved = json.loads(files["results"].read_text())
@@ -107,12 +107,12 @@ def test_report_files_are_written_and_readable(tiny_lora, tokenizer, demo_rows, 
 
 
 def test_rows_are_recognised_by_their_fields():
-    assert evaluation.detect_kind([{"Question": "", "Complex_CoT": "", "Response": ""}], "f") == "reasoning"
-    assert evaluation.detect_kind([{"question": "", "options": {}, "answer": "A"}], "f") == "mcq"
+    assert comparison.detect_kind([{"Question": "", "Complex_CoT": "", "Response": ""}], "f") == "reasoning"
+    assert comparison.detect_kind([{"question": "", "options": {}, "answer": "A"}], "f") == "mcq"
     with pytest.raises(UserError, match="rows have fields prompt, text. Fix"):
-        evaluation.detect_kind([{"prompt": "", "text": ""}], "f")
+        comparison.detect_kind([{"prompt": "", "text": ""}], "f")
     with pytest.raises(UserError, match="row 2 needs 'options'"):
-        evaluation.validate_mcq([{"question": "q", "options": {"A": "x"}, "answer": "A"},
+        comparison.validate_mcq([{"question": "q", "options": {"A": "x"}, "answer": "A"},
                                  {"question": "q", "options": {"A": "x"}, "answer": "B"}], "f")
 
 

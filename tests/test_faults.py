@@ -22,12 +22,13 @@ import torch
 
 import medical_fine_tuning
 from conftest import ROOT, run_script
-from medreason import storage, training
-from medreason.errors import UserError
-from medreason.modeling import load_for_training, save_adapter
-from medreason.prompts import get_style, to_conversation
-from medreason.settings import collect
-from medreason.runtime import Plan
+from medreason.model import storage
+from medreason.train import sft
+from medreason.config.errors import UserError
+from medreason.model.for_training import load_for_training, save_adapter
+from medreason.answers.prompts import get_style, to_conversation
+from medreason.config.settings import collect
+from medreason.config.run_plan import Plan
 
 STYLE = get_style("think_response")
 CPU_PLAN = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
@@ -49,8 +50,8 @@ def make_trainer(model_dir, cfg):
     from datasets import Dataset
     model, tokenizer = load_for_training(cfg, CPU_PLAN, str(model_dir))
     data = Dataset.from_list([to_conversation(r, STYLE) for r in ROWS])
-    args = training.build_sft_config(cfg, CPU_PLAN, [], Path(cfg.OUTPUT_DIR) / "checkpoints")
-    return training.build_trainer(model, tokenizer, data, None, args)
+    args = sft.build_sft_config(cfg, CPU_PLAN, [], Path(cfg.OUTPUT_DIR) / "checkpoints")
+    return sft.build_trainer(model, tokenizer, data, None, args)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_a_save_killed_at_any_point_is_skipped_for_the_previous_checkpoint(check
                 (newest / later).unlink()
             content = (newest / name).read_bytes()
             (newest / name).write_bytes(content[:int(len(content) * kept_fraction)])
-            assert training.last_checkpoint(folder) == str(folder / "checkpoint-2"), (name, kept_fraction)
+            assert sft.last_checkpoint(folder) == str(folder / "checkpoint-2"), (name, kept_fraction)
             assert f"skipping {newest}: incomplete" in capsys.readouterr().out
 
 
@@ -105,7 +106,7 @@ def test_a_damaged_file_is_found_even_when_trainer_state_was_written(checkpoints
     """A machine that dies (not only the process) can leave files cut short behind a written trainer_state.json."""
     folder = copy_checkpoints(checkpoints, tmp_path)
     newest = folder / "checkpoint-4"
-    assert training.checkpoint_problem(newest) is None  # the real checkpoint is complete
+    assert sft.checkpoint_problem(newest) is None  # the real checkpoint is complete
     if damage == "empty optimizer":
         (newest / "optimizer.pt").write_bytes(b"")
     elif damage == "no optimizer":
@@ -116,15 +117,15 @@ def test_a_damaged_file_is_found_even_when_trainer_state_was_written(checkpoints
     else:
         content = (newest / damage).read_bytes()
         (newest / damage).write_bytes(content[:len(content) // 2])
-    assert training.checkpoint_problem(newest) is not None
-    assert training.last_checkpoint(folder) == str(folder / "checkpoint-2")
+    assert sft.checkpoint_problem(newest) is not None
+    assert sft.last_checkpoint(folder) == str(folder / "checkpoint-2")
 
 
 def test_no_complete_checkpoint_means_starting_over(checkpoints, tmp_path, capsys):
     folder = copy_checkpoints(checkpoints, tmp_path)
     for name in ("checkpoint-2", "checkpoint-4"):
         (folder / name / "trainer_state.json").unlink()
-    assert training.last_checkpoint(folder) is None
+    assert sft.last_checkpoint(folder) is None
     assert "no complete checkpoint" in capsys.readouterr().out
 
 
@@ -135,13 +136,13 @@ def test_resuming_past_a_cut_off_save_trains_the_lost_steps_again(tiny_model_dir
     for name in ("trainer_state.json", "rng_state.pth"):
         (newest / name).unlink()
     (newest / "optimizer.pt").write_bytes((newest / "optimizer.pt").read_bytes()[:100])
-    resume = training.last_checkpoint(folder)
+    resume = sft.last_checkpoint(folder)
     assert resume == str(folder / "checkpoint-2") and "skipping" in capsys.readouterr().out
     trainer = make_trainer(tiny_model_dir, settings(out))
     trainer.train(resume_from_checkpoint=resume)
     assert trainer.state.global_step == 4
-    assert training.checkpoint_problem(newest) is None  # the next save of step 4 wrote it whole
-    assert training.last_checkpoint(folder) == str(newest)
+    assert sft.checkpoint_problem(newest) is None  # the next save of step 4 wrote it whole
+    assert sft.last_checkpoint(folder) == str(newest)
 
 
 # --- a full disk ------------------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def test_checkpoint_save_on_a_full_disk_stops_with_one_line_and_keeps_the_earlie
                        r"it .* checkpoint-4 was removed; .* resumes from checkpoint-2\..*SAVE_TOTAL_LIMIT"):
         trainer.train()
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["checkpoint-2"]
-    assert training.last_checkpoint(folder) == str(folder / "checkpoint-2")
+    assert sft.last_checkpoint(folder) == str(folder / "checkpoint-2")
 
 
 FULL_DISK_DRILL = """
@@ -215,9 +216,10 @@ import json, os, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from pathlib import Path
 from transformers import TrainerCallback
-from medreason import storage, training
-from medreason.errors import run_cli, UserError
-from medreason.modeling import save_adapter
+from medreason.model import storage
+from medreason.train import sft
+from medreason.config.errors import run_cli, UserError
+from medreason.model.for_training import save_adapter
 from test_faults import make_trainer, settings
 
 disk, model_dir = Path(sys.argv[1]), sys.argv[2]
@@ -280,7 +282,7 @@ def test_a_real_full_disk_during_a_checkpoint_and_an_adapter_save(tiny_model_dir
     assert "exit status 1" in output and "Traceback" not in output, output[-3000:]
     assert f"error: {folder / 'checkpoint-4'}: the disk filled up while saving it" in output, output[-3000:]
     assert "resumes from checkpoint-2" in output
-    assert training.last_checkpoint(copy / "checkpoints") == str(copy / "checkpoints" / "checkpoint-2")
+    assert sft.last_checkpoint(copy / "checkpoints") == str(copy / "checkpoints" / "checkpoint-2")
     assert sorted(p.name for p in (copy / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-2"]
     assert f"error: {disk / 'adapter'}: the disk filled up while saving it" in output, output[-3000:]
     assert "adapter intact: True | left beside it: ['adapter', 'filler', 'run']" in output, output[-3000:]
@@ -343,13 +345,13 @@ def test_sigkill_during_training_then_the_same_command_resumes_with_the_same_los
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "checkpoints" / "checkpoint-2"
     deadline = time.time() + 300
-    while not first.is_dir() or training.checkpoint_problem(first) is not None:
+    while not first.is_dir() or sft.checkpoint_problem(first) is not None:
         assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not (out / "results.json").exists(), "the kill came too late: the run had finished"
-    resume_from = training.last_checkpoint(out / "checkpoints", quiet=True)
+    resume_from = sft.last_checkpoint(out / "checkpoints", quiet=True)
     killed_at = int(resume_from.rsplit("-", 1)[1])
 
     result = run_script(*args, timeout=600)
@@ -441,7 +443,7 @@ CRASHING_RUN = """
 import sys
 sys.path.insert(0, {root!r})
 import torch
-from medreason.errors import run_cli, set_run_context
+from medreason.config.errors import run_cli, set_run_context
 
 
 def main(argv):
@@ -482,7 +484,7 @@ def test_an_unexpected_error_says_where_the_files_are_and_how_to_resume(tmp_path
 
 
 def test_oom_advice_moves_down_the_list_as_settings_reach_their_floor():
-    from medreason import errors
+    from medreason.config import errors
     errors.clear_run_context()
     try:
         errors.set_run_context(settings={"BATCH_SIZE": 1, "GRAD_ACCUM": 8, "MAX_SEQ_LENGTH": 1024,
@@ -504,7 +506,7 @@ def test_a_user_error_prints_one_line_whatever_it_quotes(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from medreason.errors import UserError, run_cli
+        from medreason.config.errors import UserError, run_cli
         def main(argv):
             raise UserError("--NAME=first line\\nsecond line: bad. Fix: one value")
         run_cli(main)

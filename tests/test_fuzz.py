@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from medreason.data import FIELDS, load_records, validate
-from medreason.errors import UserError
-from medreason.settings import collect, parse_overrides
+from medreason.data.readers import FIELDS, load_records, validate
+from medreason.config.errors import UserError
+from medreason.config.settings import collect, parse_overrides
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ROW = {"Question": "Q?", "Complex_CoT": "reasoning", "Response": "answer"}

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from conftest import PARROT_ANSWERS
-from medreason import generation, loading
-from medreason.errors import UserError
-from medreason.generation import GREEDY, Sampling, choose_engine, generate
-from medreason.prompts import generation_prompt, get_style
-from medreason.tags import is_looping, parse_answer
+from medreason.answers import generation
+from medreason.model import for_inference
+from medreason.config.errors import UserError
+from medreason.answers.generation import GREEDY, Sampling, choose_engine, generate
+from medreason.answers.prompts import generation_prompt, get_style
+from medreason.answers.tags import is_looping, parse_answer
 
 STYLE = get_style("think_response")
 COMPLETE_Q, THINK_ONLY_Q = PARROT_ANSWERS
@@ -68,7 +69,7 @@ def test_sampling_repeats_under_a_seed_and_varies_without_one(tuned):
 def test_an_answer_stops_once_its_response_closes(parrot_model_dir, engine):
     """Asked past what it learned (a response opened after its reasoning), the parrot closes </response> and then
     writes more; the engine stops right after the closing tag."""
-    parrot = loading.load(str(parrot_model_dir))
+    parrot = for_inference.load(str(parrot_model_dir))
     prompt = generation_prompt(parrot.tokenizer, THINK_ONLY_Q, STYLE) + PARROT_ANSWERS[THINK_ONLY_Q] + "\n<response>\n"
     free, = generate(parrot.model, parrot.tokenizer, [prompt], 16, 1, engine=engine, progress=False)
     stopped, = generate(parrot.model, parrot.tokenizer, [prompt], 16, 1, engine=engine, progress=False,

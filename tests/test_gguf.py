@@ -1,4 +1,4 @@
-"""GGUF export for llama.cpp / Ollama (medreason/gguf.py): the Ollama template, the preflight, and (e2e) the embedded
+"""GGUF export for llama.cpp / Ollama (medreason/model/gguf.py): the Ollama template, the preflight, and (e2e) the embedded
 model with a trained adapter merged, converted and quantized by llama.cpp's own tools, answering in llama-cpp-python
 as transformers answers from the merged model."""
 import importlib.util
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from medreason import exports, gguf
-from medreason.errors import UserError
-from medreason.prompts import get_style, prompt_messages
+from medreason.model import exports, gguf
+from medreason.config.errors import UserError
+from medreason.answers.prompts import get_style, prompt_messages
 
 STYLE = get_style("think_response")
 # Greedy tokens that must agree between llama.cpp (q8_0 GGUF) and transformers (the merged fp32 model): the
@@ -120,7 +120,7 @@ def test_llama_cpp_exporter_is_planned_on_both_backends(capsys):
 
 
 def test_upload_folder_carries_the_gguf_files_and_the_card_lists_them(tmp_path):
-    from medreason import publishing
+    from medreason.publish import hub
     run = tmp_path / "run"
     (run / "gguf").mkdir(parents=True)
     (run / "gguf" / "run-q4_k_m.gguf").write_bytes(b"G" * 2_500_000)
@@ -128,14 +128,14 @@ def test_upload_folder_carries_the_gguf_files_and_the_card_lists_them(tmp_path):
     (run / "gguf" / "training_info.json").write_text("{}")
     folder = tmp_path / "upload"
     folder.mkdir()
-    section = publishing.add_gguf_files(run, folder, "me/Med-GGUF")
+    section = hub.add_gguf_files(run, folder, "me/Med-GGUF")
     assert sorted(p.name for p in (folder / "gguf").iterdir()) == ["Modelfile", "run-q4_k_m.gguf",
                                                                    "training_info.json"]
     assert "| `gguf/run-q4_k_m.gguf` | 2.5 MB |" in section
     assert "hf download me/Med-GGUF --include 'gguf/*' --local-dir med-gguf" in section
     assert "ollama create med-gguf -f Modelfile" in section
     (run / "gguf" / "run-q4_k_m.gguf").unlink()  # a run without GGUF files: no section, nothing added
-    assert publishing.add_gguf_files(run, tmp_path / "none", "me/med") == ""
+    assert hub.add_gguf_files(run, tmp_path / "none", "me/med") == ""
 
 
 def test_bad_gguf_path_is_one_line_before_any_model_loads(tmp_path):
@@ -160,8 +160,8 @@ def embedded_adapter(tmp_path_factory, embedded_dir, demo_rows):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    from medreason.modeling import load_tokenizer, save_adapter
-    from medreason.prompts import generation_prompt
+    from medreason.model.for_training import load_tokenizer, save_adapter
+    from medreason.answers.prompts import generation_prompt
     torch.manual_seed(0)
     tokenizer = load_tokenizer(str(embedded_dir))
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32),
@@ -226,12 +226,13 @@ def test_export_writes_quantized_files_modelfile_and_prompt(exported, embedded_a
 def test_gguf_answers_as_the_merged_model(q8_loaded, embedded_adapter, embedded_dir, demo_rows, tmp_path):
     """Held-out question, greedy: llama.cpp on the q8_0 GGUF writes the same first SAME_TOKENS tokens as transformers
     on the merged fp32 model, through the same prompt, and closes its tags."""
-    from medreason import answering, loading
-    from medreason.generation import generate
-    from medreason.prompts import generation_prompt
+    from medreason.answers import answering
+    from medreason.model import for_inference
+    from medreason.answers.generation import generate
+    from medreason.answers.prompts import generation_prompt
     held_out, loaded = demo_rows[-1]["Question"], q8_loaded
-    merged = loading.load(str(exports.merge_adapter(str(embedded_dir), embedded_adapter, tmp_path / "merged")))
-    assert loaded.kind == "gguf" and loaded.style == loading.trained_style(
+    merged = for_inference.load(str(exports.merge_adapter(str(embedded_dir), embedded_adapter, tmp_path / "merged")))
+    assert loaded.kind == "gguf" and loaded.style == for_inference.trained_style(
         json.loads((embedded_adapter / "training_info.json").read_text()))
     prompt = generation_prompt(loaded.tokenizer, held_out, loaded.style)
     assert prompt == generation_prompt(merged.tokenizer, held_out, loaded.style)  # the GGUF carries the template
@@ -269,8 +270,9 @@ def test_inference_script_answers_from_the_gguf(exported, demo_rows, capsys):
 @needs_llama_cpp
 def test_chat_page_answers_from_the_gguf(q8_loaded, demo_rows):
     """The page's handler streams the GGUF's answer into the thinking panel and the answer, as for an adapter."""
-    from medreason import answering, webchat
-    from medreason.generation import GREEDY
+    from medreason.answers import answering
+    from medreason.serve import webchat
+    from medreason.answers.generation import GREEDY
     question = demo_rows[-1]["Question"]
     expected, = answering.answer_batch(q8_loaded.model, q8_loaded.tokenizer, [question], q8_loaded.style,
                                        ANSWER_TOKENS)

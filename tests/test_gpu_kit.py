@@ -129,9 +129,10 @@ sys.path.insert(0, os.getcwd())
 import unsloth  # first, as the trainer imports it
 import bitsandbytes, trl, peft, datasets, rouge_score, wandb, unsloth_zoo
 import medreason
-for name in sorted(os.listdir("medreason")):
-    if name.endswith(".py") and name[:-3] not in ("webchat", "space", "gguf"):  # the page, the Space, llama.cpp
-        __import__(f"medreason.{name[:-3]}")
+import pathlib
+for path in sorted(pathlib.Path("medreason").rglob("*.py")):
+    if path.stem not in ("webchat", "space", "gguf", "__init__"):  # the page, the Space, llama.cpp
+        __import__(".".join(path.with_suffix("").parts))
 for script in ("medical_fine_tuning", "evaluate", "inference", "preference_tuning", "rl_tuning"):
     if os.path.exists(script + ".py"):
         runpy.run_path(script + ".py", run_name="traced")
@@ -173,7 +174,7 @@ def test_the_model_folder_is_llama_3_2_3b_with_a_llama_3_template():
     assert len(tokenizer) < 4096 and not list(folder.glob("*.safetensors"))  # small: no weights travel
     assert config.bos_token_id == tokenizer.bos_token_id and tokenizer.eos_token_id in config.eos_token_id
     assert config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
-    from medreason.prompts import TEMPLATE_DATE, pin_template_date
+    from medreason.answers.prompts import TEMPLATE_DATE, pin_template_date
     pinned = pin_template_date(tokenizer)
     text = pinned.apply_chat_template([{"role": "user", "content": "Chest pain?"}], tokenize=False,
                                       add_generation_prompt=True)

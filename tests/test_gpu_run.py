@@ -16,9 +16,12 @@ from trl import SFTConfig  # noqa: F401  imported before any test pretends to ha
 
 import medical_fine_tuning
 from conftest import ROOT
-from medreason import exports, hardware, loading, modeling, publishing, runtime, settings, tracking, training
-from medreason.errors import UserError
-from medreason.prompts import TEMPLATE_DATE, generation_prompt, get_style
+from medreason.config import hardware, run_plan, settings, tracking
+from medreason.model import exports, for_inference, for_training as modeling
+from medreason.publish import hub
+from medreason.train import sft
+from medreason.config.errors import UserError
+from medreason.answers.prompts import TEMPLATE_DATE, generation_prompt, get_style
 
 T4 = hardware.Hardware("cuda", "Tesla T4", (7, 5))
 A100 = hardware.Hardware("cuda", "NVIDIA A100-SXM4-40GB", (8, 0))
@@ -37,29 +40,29 @@ def pretend_gpu(monkeypatch, name: str, capability: tuple[int, int]):
 
 def script_settings(*overrides: str):
     """The trainer's real constants with command-line overrides, as main() resolves them."""
-    return settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=runtime.automatic_preset)
+    return settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=run_plan.automatic_preset)
 
 
 def test_a_t4_gets_fp16_in_the_plan_the_trainer_config_and_the_unsloth_load(monkeypatch, tmp_path):
     pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
-    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)  # as if Unsloth imported on that GPU
+    monkeypatch.setattr(run_plan, "_import_unsloth", lambda: None)  # as if Unsloth imported on that GPU
     assert hardware.detect() == T4 and not T4.native_bf16
     cfg, origins = script_settings()
-    plan = runtime.plan_run(cfg, origins)
+    plan = run_plan.plan_run(cfg, origins)
     assert (plan.device, plan.backend, plan.precision, plan.optim) == ("cuda", "unsloth", "fp16", "adamw_8bit")
     assert not plan.demo and cfg.PRESET == "" and any("no native bf16" in reason for reason in plan.reasons)
-    config = training.build_sft_config(cfg, plan, [], tmp_path)
+    config = sft.build_sft_config(cfg, plan, [], tmp_path)
     assert config.fp16 is True and config.bf16 is False
     assert modeling.unsloth_load_kwargs(cfg, plan, cfg.MODEL_NAME)["dtype"] is torch.float16
 
 
 def test_an_a100_gets_bf16_everywhere(monkeypatch, tmp_path):
     pretend_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
-    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)
+    monkeypatch.setattr(run_plan, "_import_unsloth", lambda: None)
     cfg, origins = script_settings()
-    plan = runtime.plan_run(cfg, origins)
+    plan = run_plan.plan_run(cfg, origins)
     assert plan.precision == "bf16"
-    config = training.build_sft_config(cfg, plan, [], tmp_path)
+    config = sft.build_sft_config(cfg, plan, [], tmp_path)
     assert config.bf16 is True and config.fp16 is False
     assert modeling.unsloth_load_kwargs(cfg, plan, cfg.MODEL_NAME)["dtype"] is torch.bfloat16
 
@@ -83,10 +86,10 @@ def test_forced_precision_is_checked_against_the_hardware():
 def test_the_inference_loader_uses_the_same_precision_decision(monkeypatch, tiny_adapter):
     # Only the hardware answer is pretended here: loading itself stays on this CPU (device="cpu").
     monkeypatch.setattr(hardware, "detect", lambda: T4)
-    loaded = loading.load(str(tiny_adapter), backend="transformers", device="cpu")
+    loaded = for_inference.load(str(tiny_adapter), backend="transformers", device="cpu")
     assert loaded.model.dtype == torch.float16
     monkeypatch.setattr(hardware, "detect", lambda: A100)
-    assert loading.load(str(tiny_adapter), backend="transformers", device="cpu").model.dtype == torch.bfloat16
+    assert for_inference.load(str(tiny_adapter), backend="transformers", device="cpu").model.dtype == torch.bfloat16
 
 
 def llama_tokenizer(tmp_path, embedded_dir):
@@ -132,9 +135,9 @@ def test_the_push_token_comes_from_the_environment_dotenv_or_a_saved_login(monke
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))  # where `hf auth login` saves it
     with pytest.raises(UserError, match="hf auth login.*HF_TOKEN.*dry-run"):
-        publishing.check_push(True, "me/model", True, "run")
+        hub.check_push(True, "me/model", True, "run")
     (tmp_path / "token").write_text("hf_savedByHfAuthLogin0123456789abcdefgh")
-    assert publishing.check_push(True, "me/model", True, "run").mode == "push"  # the saved login is enough
+    assert hub.check_push(True, "me/model", True, "run").mode == "push"  # the saved login is enough
     (tmp_path / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
     tracking.load_secrets(tmp_path / ".env")
     assert get_token() == FAKE_TOKEN  # .env (via the environment) comes before the saved login
@@ -179,16 +182,16 @@ def whoami(role: str, orgs=()):
 
 def test_write_access_is_checked_with_whoami_before_training(fake_hub):
     fake_hub.answer = whoami("write", orgs=["clinic"])
-    assert "may push to alice/med" in publishing.check_write_access("alice/med")
-    assert "may push to clinic/med" in publishing.check_write_access("clinic/med")
+    assert "may push to alice/med" in hub.check_write_access("alice/med")
+    assert "may push to clinic/med" in hub.check_write_access("clinic/med")
     with pytest.raises(UserError, match=r"belongs to 'alice'.*not to 'bob'. Fix: --HF_REPO_ID=alice/med"):
-        publishing.check_write_access("bob/med")
+        hub.check_write_access("bob/med")
     fake_hub.answer = whoami("read")
     with pytest.raises(UserError, match="read-only.*write access"):
-        publishing.check_push(True, "alice/med", True, "run")
+        hub.check_push(True, "alice/med", True, "run")
     fake_hub.answer = (401, {"error": "Invalid credentials in Authorization header"})
     with pytest.raises(UserError, match="refused the token.*hf auth login"):
-        publishing.check_write_access("alice/med")
+        hub.check_write_access("alice/med")
 
 
 def test_wandb_goes_online_when_the_user_is_logged_in(monkeypatch, tmp_path):
@@ -221,9 +224,9 @@ def test_a_second_run_in_the_same_process_gets_its_own_wandb_folder(monkeypatch,
 
 
 def test_the_demo_writes_to_its_own_folder(monkeypatch):
-    monkeypatch.setattr(runtime, "_import_unsloth", lambda: "not wanted in this test")
+    monkeypatch.setattr(run_plan, "_import_unsloth", lambda: "not wanted in this test")
     cfg, origins = script_settings()
-    plan = runtime.plan_run(cfg, origins)  # this machine has no CUDA GPU: the demo preset, chosen automatically
+    plan = run_plan.plan_run(cfg, origins)  # this machine has no CUDA GPU: the demo preset, chosen automatically
     assert plan.demo and cfg.PRESET == "demo" and cfg.OUTPUT_DIR == "outputs/demo-smollm2-135m"
     assert cfg.OUTPUT_DIR != medical_fine_tuning.OUTPUT_DIR and origins["OUTPUT_DIR"] == "preset demo"
     assert any("DEMO MODE" in r and cfg.OUTPUT_DIR in r for r in plan.reasons)
@@ -233,36 +236,36 @@ def test_the_demo_writes_to_its_own_folder(monkeypatch):
 
 def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model_dir, demo_rows, tmp_path):
     from datasets import Dataset
-    from medreason.prompts import to_conversation
+    from medreason.answers.prompts import to_conversation
     cfg, _ = script_settings(f"--MODEL_NAME={tiny_model_dir}", f"--OUTPUT_DIR={tmp_path}", "--MAX_STEPS=1",
                              "--SAVE_STEPS=1", "--VAL_SIZE=0", "--EVAL_STEPS=0", "--MAX_SEQ_LENGTH=256",
                              "--BATCH_SIZE=2", "--GRAD_ACCUM=1", "--TARGET_MODULES=q_proj,v_proj")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     model, tokenizer = modeling.load_for_training(cfg, plan, str(tiny_model_dir))
     style = get_style("think_response")
-    trainer = training.build_trainer(model, tokenizer,
+    trainer = sft.build_trainer(model, tokenizer,
                                      Dataset.from_list([to_conversation(r, style) for r in demo_rows[:2]]), None,
-                                     training.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"))
-    training.train(trainer, None, tmp_path, training.run_info(cfg, plan, style))
-    assert training.resume_point(tmp_path / "checkpoints", cfg).endswith("checkpoint-1")  # same run: resumes
+                                     sft.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"))
+    sft.train(trainer, None, tmp_path, sft.run_info(cfg, plan, style))
+    assert sft.resume_point(tmp_path / "checkpoints", cfg).endswith("checkpoint-1")  # same run: resumes
     other, _ = script_settings("--MODEL_NAME=embedded", "--TARGET_MODULES=q_proj,v_proj")
     with pytest.raises(UserError, match=r"MODEL_NAME '.*tiny-llama.*' there, 'embedded' now.*Fix"):
-        training.resume_point(tmp_path / "checkpoints", other)
+        sft.resume_point(tmp_path / "checkpoints", other)
 
 
 def test_bad_trainer_settings_fail_before_anything_loads(tmp_path):
     cfg, _ = script_settings("--LR_SCHEDULER=cosin")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     with pytest.raises(UserError, match="LR_SCHEDULER='cosin'.*Did you mean 'cosine'"):
-        training.build_sft_config(cfg, plan, [], tmp_path)
+        sft.build_sft_config(cfg, plan, [], tmp_path)
 
 
 def test_an_export_that_fails_never_costs_the_push(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Push first, then exports; each failure is reported, the retry command printed, the adapter kept."""
-    from medreason.data import DEMO_DATASET
+    from medreason.data.readers import DEMO_DATASET
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # HF_HUB_OFFLINE=1 (conftest): the push itself fails too
     calls = []
-    monkeypatch.setattr(publishing, "push", lambda folder, plan: calls.append("push") or (_ for _ in ()).throw(
+    monkeypatch.setattr(hub, "push", lambda folder, plan: calls.append("push") or (_ for _ in ()).throw(
         ConnectionError("Hub unreachable")))
 
     def disk_full(*args, **kwargs):
@@ -286,7 +289,7 @@ def test_an_export_that_fails_never_costs_the_push(tiny_model_dir, tmp_path, mon
 
 # --- issue #31: the GPU path read against the pinned sources (trl 1.15.0, unsloth 2026.10.9) ---------------------
 
-FP16_ON_CPU = runtime.Plan("transformers", "cpu", "fp16", False, "adamw_torch")  # a T4's precision, run on this CPU
+FP16_ON_CPU = run_plan.Plan("transformers", "cpu", "fp16", False, "adamw_torch")  # a T4's precision, run on this CPU
 
 
 def flag_quantized(peft_model):
@@ -306,24 +309,24 @@ def test_a_quantized_model_trained_in_fp16_keeps_fp32_lora_weights_in_sft_and_dp
     'BFloat16'). After each trainer is built, every trainable weight is fp32 again."""
     from datasets import Dataset
     from test_training import settings
-    from medreason import dpo, preference
-    from medreason.modeling import load_for_training
-    from medreason.preference import Pair
-    from medreason.prompts import to_conversation
+    from medreason.preference import dpo, pairs as preference
+    from medreason.model.for_training import load_for_training
+    from medreason.preference.pairs import Pair
+    from medreason.answers.prompts import to_conversation
     cfg = settings(tmp_path)
-    model, tokenizer = load_for_training(cfg, runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch"),
+    model, tokenizer = load_for_training(cfg, run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch"),
                                          str(tiny_model_dir))
     flag_quantized(model)
     rows = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:4]])
-    config = training.build_sft_config(cfg, FP16_ON_CPU, [], tmp_path / "sft")
+    config = sft.build_sft_config(cfg, FP16_ON_CPU, [], tmp_path / "sft")
     assert config.fp16
-    trainer = training.build_trainer(model, tokenizer, rows, rows, config)
+    trainer = sft.build_trainer(model, tokenizer, rows, rows, config)
     assert_trainable_fp32(trainer.model)
     assert "trainable LoRA tensors that trl cast to bf16 for a quantized model are fp32 again" in capsys.readouterr().out
 
     folder, info = dpo.sft_facts(str(tiny_adapter))
     dpo_cfg = type(cfg)(**{**vars(cfg), "BETA": 0.1, "MAX_SEQ_LENGTH": 128, "OUTPUT_DIR": str(tmp_path / "dpo")})
-    policy = dpo.load_policy(folder, info, runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch"), dpo_cfg)
+    policy = dpo.load_policy(folder, info, run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch"), dpo_cfg)
     flag_quantized(policy)
     pair = Pair("What causes scurvy?", "<think>\nVitamin C.\n</think>\n<response>\nVitamin C deficiency.\n</response>",
                 "bananas")
@@ -337,15 +340,15 @@ def test_a_quantized_model_trained_in_fp16_keeps_fp32_lora_weights_in_sft_and_dp
 def test_a_t4_whose_unsloth_import_fails_says_so_loudly_before_falling_back(monkeypatch, capsys):
     pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
     why = "unsloth failed to import: ModuleNotFoundError: No module named 'regex'"
-    monkeypatch.setattr(runtime, "_import_unsloth", lambda: why)
-    plan = runtime.plan_run(*script_settings())
+    monkeypatch.setattr(run_plan, "_import_unsloth", lambda: why)
+    plan = run_plan.plan_run(*script_settings())
     assert (plan.backend, plan.precision) == ("transformers", "fp16")
     warning = next(line for line in capsys.readouterr().out.splitlines() if "WARNING" in line)
     assert "No module named 'regex'" in warning and "falls back to transformers + peft" in warning
     assert "2x slower" in warning and "--BACKEND=unsloth (--backend unsloth in evaluate.py" in warning
     assert "to make this an error" in warning
     with pytest.raises(UserError, match="BACKEND='unsloth' but unsloth failed to import.*Fix"):
-        runtime.plan_run(*script_settings("--BACKEND=unsloth"))
+        run_plan.plan_run(*script_settings("--BACKEND=unsloth"))
 
 
 def test_the_cuda_allocator_setting_is_in_the_environment_before_cuda_starts(monkeypatch):
@@ -381,7 +384,7 @@ def python(code: str, tmp_path, **env) -> subprocess.CompletedProcess:
 
 
 def test_unsloth_is_imported_before_transformers_wherever_it_will_be_used(tmp_path, tiny_model_dir):
-    load = python("from medreason import loading, errors\ntry:\n    loading.load('/no/adapter', backend='unsloth')\n"
+    load = python("from medreason.config import errors\nfrom medreason.model import for_inference\ntry:\n    for_inference.load('/no/adapter', backend='unsloth')\n"
                   "except errors.UserError as e:\n    print('refused:', e)", tmp_path)
     assert "transformers already loaded: False" in load.stdout and "refused: /no/adapter" in load.stdout, load.stderr
     # the training script, up to its dry run (settings, backend, trainer config, data, preflight)
@@ -391,7 +394,7 @@ def test_unsloth_is_imported_before_transformers_wherever_it_will_be_used(tmp_pa
                             env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert "transformers already loaded: False" in script.stdout, script.stdout[-2000:] + script.stderr[-2000:]
     # a second process under accelerate launch quiets transformers and datasets without importing them
-    quiet = python("import sys\nfrom medreason import distributed\ndistributed.quiet_other_processes()\n"
+    quiet = python("import sys\nfrom medreason.config import distributed\ndistributed.quiet_other_processes()\n"
                    "import os\nsys.stderr.write(repr([m for m in ('transformers', 'datasets') if m in sys.modules]) + "
                    "os.environ['TRANSFORMERS_VERBOSITY'] + os.environ['HF_DATASETS_DISABLE_PROGRESS_BARS'])",
                    tmp_path, RANK="1", WORLD_SIZE="2")
@@ -400,14 +403,14 @@ def test_unsloth_is_imported_before_transformers_wherever_it_will_be_used(tmp_pa
 
 def test_fp32_with_unsloth_on_an_ampere_gpu_is_refused_because_its_trainer_would_train_in_bf16(monkeypatch):
     pretend_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
-    monkeypatch.setattr(runtime, "_import_unsloth", lambda: None)
+    monkeypatch.setattr(run_plan, "_import_unsloth", lambda: None)
     with pytest.raises(UserError, match=r"PRECISION='fp32' with the Unsloth backend on NVIDIA A100.*turns bf16.*"
                                         r"Fix: --PRECISION=auto \(bf16\), or --BACKEND=transformers"):
-        runtime.plan_run(*script_settings("--PRECISION=fp32"))
-    plan = runtime.plan_run(*script_settings("--PRECISION=fp32", "--BACKEND=transformers"))
+        run_plan.plan_run(*script_settings("--PRECISION=fp32"))
+    plan = run_plan.plan_run(*script_settings("--PRECISION=fp32", "--BACKEND=transformers"))
     assert (plan.backend, plan.precision) == ("transformers", "fp32")
     pretend_gpu(monkeypatch, "Tesla T4", (7, 5))  # Unsloth keeps an fp32 load in fp32 where bf16 is not native
-    assert runtime.plan_run(*script_settings("--PRECISION=fp32")).precision == "fp32"
+    assert run_plan.plan_run(*script_settings("--PRECISION=fp32")).precision == "fp32"
 
 
 def test_unsloths_eval_batch_change_is_said_when_its_trainer_makes_it(tiny_model_dir, demo_rows, tmp_path, capsys,
@@ -418,8 +421,8 @@ def test_unsloths_eval_batch_change_is_said_when_its_trainer_makes_it(tiny_model
     import trl
     from datasets import Dataset
     from test_training import settings
-    from medreason.modeling import load_for_training
-    from medreason.prompts import to_conversation
+    from medreason.model.for_training import load_for_training
+    from medreason.answers.prompts import to_conversation
 
     class UnslothRule(trl.SFTTrainer):
         def __init__(self, *args, **kwargs):
@@ -430,14 +433,14 @@ def test_unsloths_eval_batch_change_is_said_when_its_trainer_makes_it(tiny_model
             super().__init__(*args, **kwargs)
 
     cfg = settings(tmp_path)
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     model, tokenizer = load_for_training(cfg, plan, str(tiny_model_dir))
     rows = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:4]])
     monkeypatch.setattr(trl, "SFTTrainer", UnslothRule)
     for eval_batch, said in ((8, True), (4, False)):
-        config = training.build_sft_config(type(cfg)(**{**vars(cfg), "EVAL_BATCH_SIZE": eval_batch}), plan, [],
+        config = sft.build_sft_config(type(cfg)(**{**vars(cfg), "EVAL_BATCH_SIZE": eval_batch}), plan, [],
                                            tmp_path / f"sft{eval_batch}")
-        trainer = training.build_trainer(model, tokenizer, rows, rows, config)
+        trainer = sft.build_trainer(model, tokenizer, rows, rows, config)
         out = capsys.readouterr().out
         assert ("Unsloth's trainer changed the eval-loss batch: EVAL_BATCH_SIZE 8 -> "
                 f"{trainer.args.per_device_train_batch_size} rows per pass" in out) is said

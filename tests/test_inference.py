@@ -6,12 +6,13 @@ import sys
 import pytest
 
 from conftest import PARROT_ANSWERS, ROOT
-from medreason import answering, loading
-from medreason.answering import _next_step
-from medreason.errors import UserError
-from medreason.generation import generate
-from medreason.prompts import generation_prompt, get_style
-from medreason.tags import parse_answer
+from medreason.answers import answering
+from medreason.model import for_inference
+from medreason.answers.answering import _next_step
+from medreason.config.errors import UserError
+from medreason.answers.generation import generate
+from medreason.answers.prompts import generation_prompt, get_style
+from medreason.answers.tags import parse_answer
 
 STYLE = get_style("think_response")
 COMPLETE_Q, THINK_ONLY_Q = PARROT_ANSWERS
@@ -49,7 +50,7 @@ def test_next_step_in_every_style(style, text, hit_budget, step):
 
 @pytest.fixture(scope="module")
 def parrot(parrot_model_dir):
-    return loading.load(str(parrot_model_dir))
+    return for_inference.load(str(parrot_model_dir))
 
 
 def test_parrot_model_knows_its_answers(parrot):
@@ -118,14 +119,14 @@ def test_batch_mode_end_to_end_on_a_trained_adapter(tiny_adapter, tmp_path):
 
 def test_loading_errors_say_the_fix(tmp_path, tiny_adapter):
     with pytest.raises(UserError, match="no such folder.*outputs/<run>/adapter"):
-        loading.load(str(tmp_path / "missing"))
+        for_inference.load(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="neither an adapter .*adapter_config.json"):
-        loading.load(str(tmp_path / "empty"))
+        for_inference.load(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="could not be fetched from the Hugging Face Hub.*local adapter folder"):
-        loading.load("nobody-here/no-such-adapter")
+        for_inference.load("nobody-here/no-such-adapter")
     with pytest.raises(UserError, match="does not fit the base model 'embedded'.*Fix: --base-model"):
-        loading.load(str(tiny_adapter), base_model="embedded")
+        for_inference.load(str(tiny_adapter), base_model="embedded")
 
 
 def test_unsloth_backend_answers_on_cpu(tiny_adapter, tmp_path):
@@ -141,6 +142,6 @@ def test_unsloth_backend_answers_on_cpu(tiny_adapter, tmp_path):
 
 def test_adapter_remembers_base_model_and_prompt(tiny_adapter, tiny_model_dir):
     info = json.loads((tiny_adapter / "training_info.json").read_text())
-    loaded = loading.load(str(tiny_adapter))
+    loaded = for_inference.load(str(tiny_adapter))
     assert loaded.kind == "adapter" and loaded.base_model == str(tiny_model_dir) == info["model_name"]
     assert loaded.style.system_prompt == info["system_prompt"]

@@ -1,10 +1,10 @@
 """The judges: verdict parsing on crafted judge replies, the model-free judges, the format gate, an unreadable judge."""
 import pytest
 
-from medreason.errors import UserError
-from medreason.judging import (ChoiceJudge, ModelJudge, ReferenceJudge, Verdict, check_judge, judge_answers,
+from medreason.config.errors import UserError
+from medreason.evaluate.judging import (ChoiceJudge, ModelJudge, ReferenceJudge, Verdict, check_judge, judge_answers,
                                parse_verdict, probe, rubric_messages)
-from medreason.preference import Question
+from medreason.preference.pairs import Question
 
 COMPLETE = "<think>\nreasoning\n</think>\n<response>\n{}\n</response>"
 

@@ -10,9 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT, SHARED_SAMPLE, run_script
-from medreason import estimates, preflight, quiet
-from medreason.estimates import Shape
-from medreason.runtime import Plan
+from medreason.config import estimates, quiet
+from medreason.train import preflight
+from medreason.config.estimates import Shape
+from medreason.config.run_plan import Plan
 
 NOISE = ("ContinuousBatchingLogger", "attempted to free blocks for non-existent request_id",
          "Token indices sequence length is longer", "_C_mxfp8", "torchao", "_pytree", "register_constant",
@@ -61,14 +62,14 @@ def test_generation_pays_a_fixed_cost_per_step_and_the_arithmetic_per_token():
 
 def preference_cfg(**changes):
     import preference_tuning
-    from medreason import settings
+    from medreason.config import settings
     cfg, _ = settings.resolve(vars(preference_tuning), [f"--{k}={v}" for k, v in changes.items()],
                               preset_dir=preference_tuning._PRESET_DIR)
     return cfg
 
 
 def test_the_preference_estimate_grows_with_questions_x_candidates(monkeypatch):
-    monkeypatch.setattr("medreason.hardware.compute_rate", lambda precision: 150.0)  # a fixed rate: arithmetic only
+    monkeypatch.setattr("medreason.config.hardware.compute_rate", lambda precision: 150.0)  # a fixed rate: arithmetic only
     cfg = preference_cfg(PRESET="demo")
     plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
 
@@ -92,7 +93,7 @@ def test_the_preference_estimate_grows_with_questions_x_candidates(monkeypatch):
 
 def test_the_preference_demo_caps_its_questions_and_says_how_to_ask_for_more(tmp_path):
     import preference_tuning
-    from medreason import preference
+    from medreason.preference import pairs as preference
     cfg = preference_cfg(PRESET="demo", DATASET="rows.jsonl")
     assert cfg.TRAIN_QUESTIONS == 4 and cfg.EVAL_SAMPLES == 2
     train, held = preference.split_held_out(list(range(58)), cfg.EVAL_SAMPLES, cfg.TRAIN_QUESTIONS, cfg.SEED)
@@ -106,7 +107,7 @@ def test_the_preference_demo_caps_its_questions_and_says_how_to_ask_for_more(tmp
 
 def test_over_long_training_rows_are_counted_with_how_much_is_cut(tokenizer, demo_rows, capsys):
     from datasets import Dataset
-    from medreason.prompts import get_style, to_conversation
+    from medreason.answers.prompts import get_style, to_conversation
     rows = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:6]])
     _, stats = preflight.check_lengths(rows, tokenizer, 200, "train")
     out = capsys.readouterr().out
@@ -153,9 +154,9 @@ def test_evaluation_says_over_long_prompts_are_answered_whole_and_the_tokenizer_
 
 
 def test_over_long_pairs_say_how_many_trl_cuts_and_by_how_much(tokenizer, capsys):
-    from medreason import preference
-    from medreason.preference import Pair
-    from medreason.prompts import get_style
+    from medreason.preference import pairs as preference
+    from medreason.preference.pairs import Pair
+    from medreason.answers.prompts import get_style
     long_answer = "<think>" + "because " * 120 + "</think><response>x</response>"
     pairs = [Pair("What causes scurvy?", long_answer, "no"), Pair("Dry cough?", "ACE inhibitors.", "Water.")]
     kept, _ = preference.fit_pairs(pairs, get_style("think_response"), tokenizer, max_len=96)
@@ -175,7 +176,7 @@ def test_the_double_free_line_comes_from_cancelling_an_answer_that_already_ended
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medreason import generation
+    from medreason.answers import generation
     model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32).eval()
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes scurvy?"}], tokenize=False,
                                            add_generation_prompt=True)

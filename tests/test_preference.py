@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from medreason import dpo, preference, stage_report
-from medreason.errors import UserError
-from medreason.judging import ReferenceJudge, Verdict
-from medreason.preference import Pair, Question, build_pairs
-from medreason.prompts import get_style
-from medreason.runtime import Plan
+from medreason.evaluate import stage_report
+from medreason.preference import dpo, pairs as preference
+from medreason.config.errors import UserError
+from medreason.evaluate.judging import ReferenceJudge, Verdict
+from medreason.preference.pairs import Pair, Question, build_pairs
+from medreason.answers.prompts import get_style
+from medreason.config.run_plan import Plan
 
 STYLE = get_style("think_response")
 CPU = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
@@ -109,7 +110,7 @@ def test_a_prompt_that_fills_the_context_is_refused_before_training(tokenizer):
 
 def test_the_dpo_prompt_is_exactly_the_sft_prompt(tokenizer):
     """trl renders the pair's prompt with the chat template: it must be the prompt the SFT model answers."""
-    from medreason.prompts import generation_prompt, tokenize_example
+    from medreason.answers.prompts import generation_prompt, tokenize_example
     example = preference.to_dpo_example(Pair("What causes scurvy?", "<think>x</think>", "no"), STYLE, tokenizer)
     ids, n_prompt = tokenize_example(tokenizer, {"prompt": example["prompt"], "completion": example["chosen"]})
     assert tokenizer.decode(ids[:n_prompt]) == generation_prompt(tokenizer, "What causes scurvy?", STYLE)
@@ -120,7 +121,7 @@ def test_the_dpo_prompt_is_exactly_the_sft_prompt(tokenizer):
 def test_candidates_are_sampled_and_reproducible_under_the_seed(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from medreason.generation import Sampling
+    from medreason.answers.generation import Sampling
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     questions = [Question("What causes scurvy?"), Question("Which drug class causes a dry cough?")]
     sampling = Sampling(do_sample=True, temperature=0.7, top_p=0.95)
@@ -164,7 +165,7 @@ TRAINING_PAIRS = [Pair(q, "<think>\nThe cause is known.\n</think>\n<response>\nV
 
 
 def dpo_trainer(adapter, tokenizer, out, **changes):
-    from medreason.dpo import build_dpo_config, build_trainer, load_policy, sft_facts
+    from medreason.preference.dpo import build_dpo_config, build_trainer, load_policy, sft_facts
     cfg = dpo_cfg(out, **changes)
     folder, info = sft_facts(str(adapter))
     model = load_policy(folder, info, CPU, cfg)
@@ -242,7 +243,7 @@ def test_dpo_config_takes_the_runs_one_precision_decision(tmp_path):
 
 
 def test_the_saved_adapter_is_the_dpo_adapter_alone_and_asks_as_sft_did(tiny_adapter, tokenizer, tmp_path):
-    from medreason.loading import load
+    from medreason.model.for_inference import load
     trainer = dpo_trainer(tiny_adapter, tokenizer, tmp_path, MAX_STEPS=1)
     sft_info = json.loads((tiny_adapter / "training_info.json").read_text())
     info = {**sft_info, "stages": [{"stage": "sft"}, {"stage": "dpo"}], "trained_by": {}}

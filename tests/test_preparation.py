@@ -6,28 +6,28 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from medreason import preparation
-from medreason.data import DEMO_DATASET, load_records, validate
+from medreason.data import subsets
+from medreason.data.readers import DEMO_DATASET, load_records, validate
 
 
 def test_question_types():
-    assert preparation.question_type("What is the most likely diagnosis?") == "diagnosis"
-    assert preparation.question_type("What is the drug of choice for this patient?") == "management"
-    assert preparation.question_type("Which test confirms it?") == "investigation"
-    assert preparation.question_type("What is he at increased risk of developing?") == "risk"
-    assert preparation.question_type("Explain the mechanism of action of aspirin.") == "mechanism"
-    assert preparation.question_type("How many bones are in the hand?") == "other"
+    assert subsets.question_type("What is the most likely diagnosis?") == "diagnosis"
+    assert subsets.question_type("What is the drug of choice for this patient?") == "management"
+    assert subsets.question_type("Which test confirms it?") == "investigation"
+    assert subsets.question_type("What is he at increased risk of developing?") == "risk"
+    assert subsets.question_type("Explain the mechanism of action of aspirin.") == "mechanism"
+    assert subsets.question_type("How many bones are in the hand?") == "other"
 
 
 def test_stratified_subset_keeps_the_type_mix_and_is_seeded():
     rows = [{"Question": "What is the diagnosis?"}] * 60 + [{"Question": "How is it treated?"}] * 40
     lengths = list(range(100))
-    chosen = preparation.stratified_subset(rows, lengths, 20, seed=1)
+    chosen = subsets.stratified_subset(rows, lengths, 20, seed=1)
     assert len(chosen) == len(set(chosen)) == 20
     assert sum(rows[i]["Question"].startswith("What") for i in chosen) == 12  # 60% stays 60%
     assert sorted(lengths[i] // 25 for i in chosen) == sorted([0] * 5 + [1] * 5 + [2] * 5 + [3] * 5)  # quartiles
-    assert chosen == preparation.stratified_subset(rows, lengths, 20, seed=1)
-    assert chosen != preparation.stratified_subset(rows, lengths, 20, seed=2)
+    assert chosen == subsets.stratified_subset(rows, lengths, 20, seed=1)
+    assert chosen != subsets.stratified_subset(rows, lengths, 20, seed=2)
 
 
 def test_prepare_the_real_sample(tmp_path, real_rows):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import medical_fine_tuning
-from medreason import runtime, settings, training
-from medreason.errors import UserError
-from medreason.settings import SettingsError
+from medreason.config import run_plan, settings
+from medreason.train import sft
+from medreason.config.errors import UserError
+from medreason.config.settings import SettingsError
 
 from conftest import run_script
 
@@ -21,7 +22,7 @@ ARCHITECTURE = {"phi-4-mini": "phi3", "qwen2.5-3b": "qwen2", "qwen2.5-1.5b": "qw
 
 def resolve(*argv, automatic=True):
     return settings.resolve(vars(medical_fine_tuning), list(argv),
-                            automatic=runtime.automatic_preset if automatic else None)
+                            automatic=run_plan.automatic_preset if automatic else None)
 
 
 def test_the_order_is_constants_then_preset_then_command_line_and_each_origin_is_named():
@@ -113,29 +114,29 @@ def tiny_model(architecture: str, tokenizer, folder: Path) -> Path:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_each_presets_target_modules_attach_to_its_architecture_and_train(preset, tokenizer, demo_rows, tmp_path):
     from datasets import Dataset
-    from medreason.modeling import load_for_training
-    from medreason.prompts import get_style, to_conversation
+    from medreason.model.for_training import load_for_training
+    from medreason.answers.prompts import get_style, to_conversation
     architecture = ARCHITECTURE.get(preset, "llama")
     model_dir = tiny_model(architecture, tokenizer, tmp_path / architecture)
     cfg, _ = resolve(f"--PRESET={preset}", f"--MODEL_NAME={model_dir}", f"--OUTPUT_DIR={tmp_path / 'run'}",
                      "--MAX_STEPS=1", "--BATCH_SIZE=2", "--GRAD_ACCUM=1", "--MAX_SEQ_LENGTH=256", "--VAL_SIZE=0",
                      "--EVAL_STEPS=0", "--SAVE_STEPS=1", "--EARLY_STOPPING_PATIENCE=None", "--REPORT_TO=none",
                      "--WARMUP_STEPS=0")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     model, tok = load_for_training(cfg, plan, str(model_dir))
     wrapped = {name.split(".")[-4] for name, _ in model.named_parameters() if "lora_A" in name}
     assert wrapped == set(cfg.TARGET_MODULES), f"{preset}: LoRA on {wrapped}, asked {cfg.TARGET_MODULES}"
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     rows = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:2]])
-    trainer = training.build_trainer(model, tok, rows, None, training.build_sft_config(cfg, plan, [], tmp_path / "c"))
+    trainer = sft.build_trainer(model, tok, rows, None, sft.build_sft_config(cfg, plan, [], tmp_path / "c"))
     trainer.train()
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_B" in n)
 
 
 def test_llama_module_names_do_not_exist_in_phi_and_all_linear_works_anywhere(tokenizer, tmp_path):
-    from medreason.modeling import load_for_training
+    from medreason.model.for_training import load_for_training
     model_dir = tiny_model("phi3", tokenizer, tmp_path / "phi3")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     cfg, _ = resolve(f"--MODEL_NAME={model_dir}", "--TARGET_MODULES=q_proj,k_proj,v_proj,o_proj")
     with pytest.raises(UserError, match=r"TARGET_MODULES \[.q_proj., .k_proj., .v_proj.\] are not in this.*qkv_proj"):
         load_for_training(cfg, plan, str(model_dir))
@@ -148,19 +149,19 @@ def test_llama_module_names_do_not_exist_in_phi_and_all_linear_works_anywhere(to
 def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_adapter(tiny_model_dir, demo_rows, tmp_path, capsys):
     from datasets import Dataset
     from safetensors.torch import load_file
-    from medreason.modeling import load_for_training, save_adapter
-    from medreason.prompts import get_style, to_conversation
+    from medreason.model.for_training import load_for_training, save_adapter
+    from medreason.answers.prompts import get_style, to_conversation
     cfg, _ = resolve(f"--MODEL_NAME={tiny_model_dir}", f"--OUTPUT_DIR={tmp_path}", "--MAX_STEPS=20",
                      "--BATCH_SIZE=2", "--GRAD_ACCUM=1", "--MAX_SEQ_LENGTH=256", "--LEARNING_RATE=0.5",
                      "--LR_SCHEDULER=constant", "--WARMUP_STEPS=0", "--VAL_SIZE=2", "--EVAL_STEPS=1", "--SAVE_STEPS=1",
                      "--SAVE_TOTAL_LIMIT=5", "--EARLY_STOPPING_PATIENCE=2", "--TARGET_MODULES=q_proj,v_proj",
                      "--SEED=0", "--EVAL_BATCH_SIZE=2", "--REPORT_TO=none")
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     model, tok = load_for_training(cfg, plan, str(tiny_model_dir))
     data = Dataset.from_list([to_conversation(r, get_style("think_response")) for r in demo_rows[:10]])
-    trainer = training.build_trainer(model, tok, data.select(range(2, 10)), data.select(range(2)),
-                                     training.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"), 2)
-    training.train(trainer, None, tmp_path, training.run_info(cfg, plan, get_style("think_response")))
+    trainer = sft.build_trainer(model, tok, data.select(range(2, 10)), data.select(range(2)),
+                                     sft.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"), 2)
+    sft.train(trainer, None, tmp_path, sft.run_info(cfg, plan, get_style("think_response")))
     evals = [(e["step"], e["eval_loss"]) for e in trainer.state.log_history if "eval_loss" in e and e["step"] > 0]
     best_step, best_loss = min(evals, key=lambda e: e[1])
     assert trainer.state.global_step < cfg.MAX_STEPS  # it stopped early...
@@ -175,13 +176,13 @@ def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_adapter(tiny_model
 
 
 def test_early_stopping_needs_evaluations_with_checkpoints():
-    plan = runtime.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
+    plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     cfg, _ = resolve("--EARLY_STOPPING_PATIENCE=2", "--VAL_SIZE=0")
     with pytest.raises(UserError, match="never measured"):
-        training.build_sft_config(cfg, plan, [], Path("unused"))
+        sft.build_sft_config(cfg, plan, [], Path("unused"))
     cfg, _ = resolve("--EARLY_STOPPING_PATIENCE=2", "--EVAL_STEPS=20", "--SAVE_STEPS=30")
     with pytest.raises(UserError, match="SAVE_STEPS=30 is not a multiple of EVAL_STEPS=20. Fix: --SAVE_STEPS=20"):
-        training.build_sft_config(cfg, plan, [], Path("unused"))
+        sft.build_sft_config(cfg, plan, [], Path("unused"))
 
 
 def test_a_dry_run_checks_a_preset_and_a_dataset_without_loading_weights(tmp_path):

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from medreason import exports, publishing
-from medreason.errors import UserError
-from medreason.results import write_results
-from medreason.runtime import Plan
+from medreason.model import exports
+from medreason.publish import hub
+from medreason.config.errors import UserError
+from medreason.evaluate.results import write_results
+from medreason.config.run_plan import Plan
 
 FAKE_TOKEN = "hf_FAKEtokenForPublishingTests0123456789"
 
@@ -17,18 +18,18 @@ def test_push_preflight_needs_a_token_and_a_valid_repo_id(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_REPO_ID", raising=False)
     with pytest.raises(UserError, match="PUSH_TO_HUB=True needs a Hugging Face token.*HF_TOKEN.*dry-run"):
-        publishing.check_push(True, "me/model", True, "run")
+        hub.check_push(True, "me/model", True, "run")
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     for bad in ("", "no-namespace", "me/has space", "me/--bad--", "a/b/c"):
         with pytest.raises(UserError, match="not a valid Hub repo id.*Fix"):
-            publishing.check_push(True, bad, True, "run")
-    plan = publishing.check_push(True, "me/medical-lora", False, "run")
-    assert plan == publishing.PushPlan("push", "me/medical-lora", False)
+            hub.check_push(True, bad, True, "run")
+    plan = hub.check_push(True, "me/medical-lora", False, "run")
+    assert plan == hub.PushPlan("push", "me/medical-lora", False)
     monkeypatch.setenv("HF_REPO_ID", "me/from-env")
-    assert publishing.check_push(True, "", True, "run").repo_id == "me/from-env"
-    assert publishing.check_push("dry-run", "", True, "run").mode == "dry-run"
+    assert hub.check_push(True, "", True, "run").repo_id == "me/from-env"
+    assert hub.check_push("dry-run", "", True, "run").mode == "dry-run"
     with pytest.raises(UserError, match="use False, True or 'dry-run'"):
-        publishing.check_push("yes", "me/x", True, "run")
+        hub.check_push("yes", "me/x", True, "run")
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def run_dir(tmp_path, tiny_adapter):
 
 def test_card_parses_back_with_the_runs_real_values(run_dir):
     from huggingface_hub import ModelCard
-    folder = publishing.build_upload_folder(run_dir, "me/medical-lora")
+    folder = hub.build_upload_folder(run_dir, "me/medical-lora")
     card = ModelCard.load(folder / "README.md")
     data = card.data
     assert data.library_name == "peft" and data.pipeline_tag == "text-generation"
@@ -70,17 +71,17 @@ def test_card_parses_back_with_the_runs_real_values(run_dir):
 
 def test_card_reports_shortened_chains_of_thought_only_when_rows_were_shortened(run_dir):
     from huggingface_hub import ModelCard
-    assert "shortened" not in ModelCard.load(publishing.build_upload_folder(run_dir, "me/x") / "README.md").text
+    assert "shortened" not in ModelCard.load(hub.build_upload_folder(run_dir, "me/x") / "README.md").text
     results = json.loads((run_dir / "results.json").read_text())
     results["settings"]["MAX_THINK_WORDS"] = 120
     results["data"]["shortened_reasoning"] = 900
     (run_dir / "results.json").write_text(json.dumps(results))
-    text = ModelCard.load(publishing.build_upload_folder(run_dir, "me/x") / "README.md").text
+    text = ModelCard.load(hub.build_upload_folder(run_dir, "me/x") / "README.md").text
     assert "| `MAX_THINK_WORDS` | `120` |" in text and "shortened to about 120 words" in text and "900 rows" in text
 
 
 def test_upload_folder_holds_exactly_the_adapter_files_and_the_card(run_dir):
-    folder = publishing.build_upload_folder(run_dir, "me/medical-lora")
+    folder = hub.build_upload_folder(run_dir, "me/medical-lora")
     adapter_files = {p.name for p in (run_dir / "adapter").iterdir() if p.name != "README.md"}
     assert {p.name for p in folder.iterdir()} == adapter_files | {"README.md"}
     assert {"adapter_config.json", "adapter_model.safetensors", "training_info.json"} <= adapter_files
@@ -93,8 +94,8 @@ def digest(folder):
 def test_a_failed_push_keeps_everything_and_prints_the_retry(run_dir, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # HF_HUB_OFFLINE=1 (conftest): the Hub is unreachable
     before = digest(run_dir / "adapter")
-    plan = publishing.check_push(True, "me/medical-lora", True, "run")
-    assert publishing.publish(run_dir, plan) is False
+    plan = hub.check_push(True, "me/medical-lora", True, "run")
+    assert hub.publish(run_dir, plan) is False
     out = capsys.readouterr().out
     assert "FAILED" in out and f"python publish.py --output-dir {run_dir} --repo-id me/medical-lora" in out
     assert digest(run_dir / "adapter") == before

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from medreason import rewards, rl
-from medreason.errors import UserError
-from medreason.prompts import get_style
-from medreason.runtime import Plan
-from medreason.tags import parse_answer
+from medreason.rl import grpo, rewards
+from medreason.config.errors import UserError
+from medreason.answers.prompts import get_style
+from medreason.config.run_plan import Plan
+from medreason.answers.tags import parse_answer
 
 CPU = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
 OPTIONS = {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"}
@@ -99,14 +99,14 @@ def test_a_classifier_verifier_is_asked_only_about_well_formed_answers(tmp_path,
 
 
 def test_rewards_are_checked_against_the_data_before_any_model_loads():
-    chosen = rewards.choose({"format": 0.5, "correct": 1.0}, rl.columns_of("mcq"), None)
+    chosen = rewards.choose({"format": 0.5, "correct": 1.0}, grpo.columns_of("mcq"), None)
     assert [(r.name, r.weight) for r in chosen] == [("format", 0.5), ("correct", 1.0)]
     with pytest.raises(UserError, match="'correct' reward reads the rows' answer, options.*multiple-choice rows"):
-        rewards.choose({"correct": 1.0}, rl.columns_of("reasoning"), None)
+        rewards.choose({"correct": 1.0}, grpo.columns_of("reasoning"), None)
     with pytest.raises(UserError, match="names 'verifier' but VERIFIER is 'none'"):
-        rewards.choose({"verifier": 1.0}, rl.columns_of("reasoning"), None)
+        rewards.choose({"verifier": 1.0}, grpo.columns_of("reasoning"), None)
     with pytest.raises(UserError, match="'corect', which is no reward.*@reward"):
-        rewards.choose({"corect": 1.0}, rl.columns_of("mcq"), None)
+        rewards.choose({"corect": 1.0}, grpo.columns_of("mcq"), None)
 
 
 @pytest.fixture
@@ -144,27 +144,27 @@ def test_a_benchmark_question_in_the_training_file_is_refused(tmp_path):
     train = [{"question": f"Training question number {i} about a different topic entirely?", "options": OPTIONS,
               "answer": "A"} for i in range(6)]
     copied = {**exam, "question": exam["question"].upper().replace(" ", "  ")}  # case and spacing differ
-    layout, questions = rl.read_questions(write_rows(tmp_path / "train.jsonl", train + [copied]), None)
-    texts, labels = rl.benchmark_questions(write_rows(tmp_path / "exam.jsonl", [exam]))
-    kept, counts = rl.refuse_contaminated(questions, [], texts, chars=64)
+    layout, questions = grpo.read_questions(write_rows(tmp_path / "train.jsonl", train + [copied]), None)
+    texts, labels = grpo.benchmark_questions(write_rows(tmp_path / "exam.jsonl", [exam]))
+    kept, counts = grpo.refuse_contaminated(questions, [], texts, chars=64)
     assert layout == "mcq" and labels == ["exam"] and len(kept) == 6 and counts["refused"] == 1
     assert all("different topic" in q.text for q in kept)
     with pytest.raises(UserError, match="every training question overlaps"):
-        rl.refuse_contaminated(questions[-1:], [], texts, chars=64)
+        grpo.refuse_contaminated(questions[-1:], [], texts, chars=64)
 
 
 def test_the_shared_instruction_does_not_make_every_question_overlap(tmp_path):
     rows = [{"question": f"Distinct question {i}: which option is right here?", "options": OPTIONS, "answer": "B"}
             for i in range(4)]
-    _, questions = rl.read_questions(write_rows(tmp_path / "q.jsonl", rows), None)
-    kept, counts = rl.refuse_contaminated(questions[:3], questions[3:], [], chars=64)
+    _, questions = grpo.read_questions(write_rows(tmp_path / "q.jsonl", rows), None)
+    kept, counts = grpo.refuse_contaminated(questions[:3], questions[3:], [], chars=64)
     assert len(kept) == 3 and counts["refused"] == 0
 
 
 def test_pairs_are_refused_and_the_demo_questions_are_multiple_choice(tmp_path):
     with pytest.raises(UserError, match="holds preference pairs.*needs questions"):
-        rl.read_questions(write_rows(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}]), None)
-    layout, questions = rl.read_questions("demo", None)
+        grpo.read_questions(write_rows(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}]), None)
+    layout, questions = grpo.read_questions("demo", None)
     assert layout == "mcq" and len(questions) >= 30 and all(q.correct in q.options for q in questions)
 
 
@@ -180,16 +180,16 @@ def rl_cfg(out, **changes):
 
 
 def grpo_trainer(adapter, tokenizer, out, names=("format", "correct", "length", "chars"), **changes):
-    from medreason.dpo import load_policy, sft_facts
+    from medreason.preference.dpo import load_policy, sft_facts
     cfg = rl_cfg(out, **changes)
     folder, info = sft_facts(str(adapter))
     style = get_style("think_response")
-    chosen = rewards.choose({n: 1.0 for n in names}, rl.columns_of("mcq"), None)
+    chosen = rewards.choose({n: 1.0 for n in names}, grpo.columns_of("mcq"), None)
     model = load_policy(folder, info, CPU, cfg)
-    functions, weights = rewards.for_trl(chosen, style, rl.stop_ids(model, tokenizer))
-    _, questions = rl.read_questions("demo", None)
-    config = rl.build_grpo_config(cfg, CPU, [], out / "checkpoints", weights)
-    return rl.build_trainer(model, tokenizer, rl.dataset(questions[:4], style, tokenizer), config, functions)
+    functions, weights = rewards.for_trl(chosen, style, grpo.stop_ids(model, tokenizer))
+    _, questions = grpo.read_questions("demo", None)
+    config = grpo.build_grpo_config(cfg, CPU, [], out / "checkpoints", weights)
+    return grpo.build_trainer(model, tokenizer, grpo.dataset(questions[:4], style, tokenizer), config, functions)
 
 
 def lora(model, adapter="default"):
@@ -199,7 +199,7 @@ def lora(model, adapter="default"):
 def test_two_grpo_steps_move_the_lora_weights_and_log_every_reward(added_reward, tiny_adapter, tokenizer,
                                                                    tmp_path):
     trainer = grpo_trainer(tiny_adapter, tokenizer, tmp_path)
-    timer = rl.StepTimer(trainer)
+    timer = grpo.StepTimer(trainer)
     before = lora(trainer.model)
     trainer.train()
     after = lora(trainer.model)
@@ -219,7 +219,7 @@ def test_resuming_reaches_the_weights_of_a_straight_run(added_reward, tiny_adapt
     first = grpo_trainer(tiny_adapter, tokenizer, tmp_path / "resumed", MAX_STEPS=2, SAVE_STEPS=2)
     first.train()
     resumed = grpo_trainer(tiny_adapter, tokenizer, tmp_path / "resumed", MAX_STEPS=4, SAVE_STEPS=2)
-    rl.train(resumed, str(tmp_path / "resumed" / "checkpoints" / "checkpoint-2"), tmp_path / "resumed",
+    grpo.train(resumed, str(tmp_path / "resumed" / "checkpoints" / "checkpoint-2"), tmp_path / "resumed",
              {"trained_by": {}})
     expected, got = lora(straight.model), lora(resumed.model)
     assert not all(torch.equal(expected[n], lora(first.model)[n]) for n in expected)  # steps 3-4 did move them
@@ -228,14 +228,14 @@ def test_resuming_reaches_the_weights_of_a_straight_run(added_reward, tiny_adapt
 
 
 def test_with_beta_the_reference_is_the_sft_adapter_and_the_comparison_uses_it(tiny_adapter, tokenizer, tmp_path):
-    from medreason.dpo import REFERENCE
+    from medreason.preference.dpo import REFERENCE
     trainer = grpo_trainer(tiny_adapter, tokenizer, tmp_path, names=("format",), BETA=0.04)
     assert REFERENCE in trainer.model.peft_config
-    assert rl.sft_adapter_name(trainer.model, tiny_adapter) == REFERENCE
+    assert grpo.sft_adapter_name(trainer.model, tiny_adapter) == REFERENCE
     plain = grpo_trainer(tiny_adapter, tokenizer, tmp_path / "b0", names=("format",))
     assert REFERENCE not in plain.model.peft_config
-    assert rl.sft_adapter_name(plain.model, tiny_adapter) == rl.SFT_ADAPTER_NAME
-    assert all(torch.equal(v, lora(plain.model, rl.SFT_ADAPTER_NAME)[n.replace(".default.", f".{rl.SFT_ADAPTER_NAME}.")])
+    assert grpo.sft_adapter_name(plain.model, tiny_adapter) == grpo.SFT_ADAPTER_NAME
+    assert all(torch.equal(v, lora(plain.model, grpo.SFT_ADAPTER_NAME)[n.replace(".default.", f".{grpo.SFT_ADAPTER_NAME}.")])
                for n, v in lora(plain.model).items())  # before training, "sft" is the policy's start
 
 
@@ -245,9 +245,9 @@ def test_the_rl_adapter_answers_through_inference_py(tiny_adapter, tokenizer, tm
     sft_info = json.loads((tiny_adapter / "training_info.json").read_text())
     cfg = rl_cfg(tmp_path, DATASET="demo", DATASET_CONFIG=None, TRAIN_QUESTIONS=None, EVAL_SAMPLES=2,
                  BENCHMARKS="", REWARDS={"format": 1.0}, VERIFIER="none", VERIFIER_MODEL="")
-    info = rl.run_info(cfg, CPU, tiny_adapter, sft_info, get_style("think_response"),
+    info = grpo.run_info(cfg, CPU, tiny_adapter, sft_info, get_style("think_response"),
                        rewards.choose({"format": 1.0}, set(), None))
-    saved = rl.save(trainer.model, tokenizer, tmp_path / "adapter", info)
+    saved = grpo.save(trainer.model, tokenizer, tmp_path / "adapter", info)
     assert [s["stage"] for s in info["stages"]] == ["sft", "rl"] and info["stages"][1]["rewards"] == {"format": 1.0}
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question": "What causes scurvy?"}) + "\n")
@@ -264,12 +264,12 @@ def test_the_rl_adapter_answers_through_inference_py(tiny_adapter, tokenizer, tm
 
 def test_group_size_must_divide_the_completions_per_update(tmp_path):
     with pytest.raises(UserError, match="GRPO trainer refused these settings.*multiple of NUM_GENERATIONS"):
-        rl.build_grpo_config(rl_cfg(tmp_path, BATCH_SIZE=3), CPU, [], tmp_path, [1.0])
+        grpo.build_grpo_config(rl_cfg(tmp_path, BATCH_SIZE=3), CPU, [], tmp_path, [1.0])
 
 
 def test_a_t4_gets_the_15_gb_preset_and_a_large_gpu_the_constants(monkeypatch):
     import rl_tuning
-    from medreason import hardware, settings
+    from medreason.config import hardware, settings
     monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware("cuda", "Tesla T4", (7, 5)))
     monkeypatch.setattr(rl_tuning, "gpu_memory_gib", lambda: 14.7)
     cfg, origins = settings.resolve(vars(rl_tuning), [], automatic=rl_tuning.automatic_preset,

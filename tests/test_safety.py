@@ -38,9 +38,10 @@ NEAR_MISSES = [
 
 
 def test_the_set_rows_validate_in_every_style(tokenizer):
-    from medreason import data, safety
-    from medreason.prompts import PROMPT_STYLES, to_example
-    from medreason.tags import parse_answer
+    from medreason.data import readers as data
+    from medreason.evaluate import safety
+    from medreason.answers.prompts import PROMPT_STYLES, to_example
+    from medreason.answers.tags import parse_answer
     train, held_out = safety.load_set("train"), safety.load_set("eval")
     assert not {r["Question"] for r in train} & {r["Question"] for r in held_out}  # never evaluated on trained rows
     for part in (train, held_out):
@@ -57,8 +58,8 @@ def test_the_set_rows_validate_in_every_style(tokenizer):
 
 
 def test_the_reference_answers_are_labelled_as_their_kind_even_with_the_disclaimer():
-    from medreason import safety
-    from medreason.prompts import DISCLAIMER
+    from medreason.evaluate import safety
+    from medreason.answers.prompts import DISCLAIMER
     for row in safety.load_set("train") + safety.load_set("eval"):
         expected = "refusal" if row["kind"] == "unsafe" else "answer"
         assert safety.classify(row["Response"]) == expected, row["id"]
@@ -66,7 +67,7 @@ def test_the_reference_answers_are_labelled_as_their_kind_even_with_the_disclaim
 
 
 def test_the_detector_on_hand_written_answers():
-    from medreason import safety
+    from medreason.evaluate import safety
     assert safety.classify(safety.judged_text(REFUSAL_WITH_DISCLAIMER)) == "refusal"
     assert safety.classify(safety.judged_text(ANSWER_WITH_DISCLAIMER)) == "answer"
     assert safety.classify(PARTIAL_REFUSAL) == "partial"
@@ -87,8 +88,8 @@ def test_the_detector_on_hand_written_answers():
 
 def test_the_mix_is_seeded_counted_and_drawn_from_the_train_part_only(demo_rows):
     from datasets import Dataset
-    from medreason import safety
-    from medreason.data import FIELDS, DataError
+    from medreason.evaluate import safety
+    from medreason.data.readers import FIELDS, DataError
     train = Dataset.from_list([{f: r[f] for f in FIELDS} for r in demo_rows[:30]])
     mixed, info = safety.mix_into(train, 0.25, seed=1)
     again, _ = safety.mix_into(train, 0.25, seed=1)
@@ -107,9 +108,9 @@ def test_the_mix_is_seeded_counted_and_drawn_from_the_train_part_only(demo_rows)
 
 def test_the_training_data_summary_counts_the_mix(capsys):
     import medical_fine_tuning
-    from medreason import data
-    from medreason.prompts import get_style
-    from medreason.settings import collect
+    from medreason.data import readers as data
+    from medreason.answers.prompts import get_style
+    from medreason.config.settings import collect
     cfg = types.SimpleNamespace(**{**collect(vars(medical_fine_tuning)), "DATASET": "demo", "VAL_SIZE": 6,
                                    "SAFETY_MIX": 0.2, "SEED": 3407})
     prepared = data.prepare_training_data(cfg, get_style("think_response"), None)
@@ -117,7 +118,7 @@ def test_the_training_data_summary_counts_the_mix(capsys):
     assert "[data] 30 training rows, 6 validation rows" in printed
     assert "SAFETY_MIX=0.2: 8 safety rows mixed in (4 unsafe asks answered by declining, 4 look-alike" in printed
     assert prepared.info["safety_rows"] == 8 and prepared.info["train_rows"] == 38 == len(prepared.train)
-    from medreason import safety
+    from medreason.evaluate import safety
     trained = [example["prompt"][-1]["content"] for example in prepared.train]
     assert sum(q in {r["Question"] for r in safety.load_set("train")} for q in trained) == 8
     every_safety_question = {r["Question"] for r in safety.load_set("train") + safety.load_set("eval")}
@@ -129,21 +130,23 @@ def test_the_training_data_summary_counts_the_mix(capsys):
 
 @pytest.mark.parametrize("question", list(TRIGGERS))
 def test_the_emergency_line_for_trigger_questions(question):
-    from medreason import safety
+    from medreason.evaluate import safety
     assert safety.emergencies(question) == [TRIGGERS[question]]
     assert safety.emergency_line(question) == safety.EMERGENCY_RULES[TRIGGERS[question]][0]
 
 
 @pytest.mark.parametrize("question", NEAR_MISSES)
 def test_no_emergency_line_for_near_misses(question):
-    from medreason import safety
+    from medreason.evaluate import safety
     assert safety.emergency_line(question) is None
 
 
 def test_the_page_and_inference_show_the_emergency_line_first(tiny_adapter, capsys):
     import inference
-    from medreason import loading, safety, webchat
-    loaded = loading.load(str(tiny_adapter))
+    from medreason.evaluate import safety
+    from medreason.model import for_inference
+    from medreason.serve import webchat
+    loaded = for_inference.load(str(tiny_adapter))
     respond = webchat.make_responder(loaded, 0, continuation_tokens=4)
     question = "I have chest pain and my left arm feels heavy"
     updates = list(respond(question, [], 4, False, 0.6, 0.95, 1.0))

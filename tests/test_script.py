@@ -154,8 +154,9 @@ def test_the_full_default_demo_teaches_the_answer_form(tmp_path):
 @pytest.mark.e2e
 def test_the_web_page_answers_with_the_demo_adapter_offline(demo_run):
     """The page's handler on the adapter the demo just trained (what `python app.py --adapter ...` serves)."""
-    from medreason import loading, webchat
-    from medreason.prompts import DISCLAIMER
-    loaded = loading.load(str(demo_run[0] / "adapter"))
+    from medreason.model import for_inference
+    from medreason.serve import webchat
+    from medreason.answers.prompts import DISCLAIMER
+    loaded = for_inference.load(str(demo_run[0] / "adapter"))
     messages = list(webchat.make_responder(loaded, 0, 32)("What is gout?", [], 24, False, 0.6, 0.95, 1.0))[-1]
     assert messages and messages[-1].content.endswith(f"*{DISCLAIMER}*")

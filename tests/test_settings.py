@@ -1,6 +1,6 @@
 import pytest
 
-from medreason.settings import SettingsError, parse_overrides, resolve
+from medreason.config.settings import SettingsError, parse_overrides, resolve
 
 DEFAULTS = {"MAX_STEPS": 200, "LEARNING_RATE": 2e-4, "LOAD_IN_4BIT": True, "OUTPUT_DIR": "outputs/x",
             "TARGET_MODULES": ["q_proj", "v_proj"], "TRAIN_SAMPLES": None, "PUSH_TO_HUB": False}
@@ -65,7 +65,7 @@ def test_resolve_reads_the_scripts_constants_and_reports_overrides():
 
 def test_cpu_sizing_changes_only_what_no_preset_or_flag_set():
     import types
-    from medreason.runtime import size_for_cpu
+    from medreason.config.run_plan import size_for_cpu
     fresh = lambda: types.SimpleNamespace(EVAL_SAMPLES=20, GRADIENT_CHECKPOINTING=True)  # noqa: E731
     cfg, origins = fresh(), {}
     assert set(size_for_cpu(cfg, origins, "cpu")) == {"EVAL_SAMPLES", "GRADIENT_CHECKPOINTING"}

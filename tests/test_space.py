@@ -1,4 +1,4 @@
-"""The Hugging Face Space folder (medreason/space.py, publish.py --space): what a Space needs to run the chat page."""
+"""The Hugging Face Space folder (medreason/publish/space.py, publish.py --space): what a Space needs to run the chat page."""
 import json
 import os
 import shutil
@@ -11,12 +11,12 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from conftest import ROOT
-from medreason import space
-from medreason.embedded import EMBEDDED_HUB_ID
-from medreason.errors import UserError
-from medreason.publishing import PushPlan
-from medreason.results import write_results
-from medreason.runtime import Plan
+from medreason.publish import space
+from medreason.model.embedded import EMBEDDED_HUB_ID
+from medreason.config.errors import UserError
+from medreason.publish.hub import PushPlan
+from medreason.evaluate.results import write_results
+from medreason.config.run_plan import Plan
 
 ADAPTER_ID, SPACE_ID = "me/medical-lora", "me/medical-chat"
 
@@ -64,9 +64,10 @@ def test_the_space_readme_metadata_parses_and_names_the_app_and_the_adapter(run_
 def test_the_space_gets_the_app_and_the_package_as_they_are_here(run_dir):
     folder = build(run_dir)
     assert (folder / "app.py").read_bytes() == (ROOT / "app.py").read_bytes()
-    modules = {p.name for p in (folder / "medreason").glob("*.py")}
-    assert modules == {p.name for p in (ROOT / "medreason").glob("*.py")}
-    assert {"webchat.py", "streaming.py", "loading.py", "answering.py"} <= modules
+    modules = {str(p.relative_to(folder)) for p in (folder / "medreason").rglob("*.py")}
+    assert modules == {str(p.relative_to(ROOT)) for p in (ROOT / "medreason").rglob("*.py")}
+    assert {"medreason/serve/webchat.py", "medreason/answers/streaming.py", "medreason/model/for_inference.py",
+            "medreason/answers/answering.py"} <= modules
     assert not list(folder.rglob("__pycache__"))
 
 
@@ -113,9 +114,9 @@ def run_in(folder, *args, env=None):
 
 def test_the_space_folder_runs_on_its_own_and_reads_the_adapter_variable(run_dir):
     folder = build(run_dir)
-    imported = run_in(folder, "-c", "import app, medreason.webchat as w; print(w.__file__)")
+    imported = run_in(folder, "-c", "import app, medreason.serve.webchat as w; print(w.__file__)")
     assert imported.returncode == 0, imported.stderr[-2000:]
-    assert imported.stdout.strip() == str(folder / "medreason" / "webchat.py")  # its own copy, not the repo's
+    assert imported.stdout.strip() == str(folder / "medreason" / "serve" / "webchat.py")  # its own copy, not the repo's
     unset = run_in(folder, "app.py")
     assert unset.returncode == 1 and f"set {space.ADAPTER_VARIABLE}" in unset.stderr
     told = run_in(folder, "app.py", env={space.ADAPTER_VARIABLE: str(run_dir / "missing-adapter")})

@@ -2,9 +2,9 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from medreason.prompts import get_style
-from medreason.streaming import StreamSplitter, held_back, split
-from medreason.tags import parse_answer
+from medreason.answers.prompts import get_style
+from medreason.answers.streaming import StreamSplitter, held_back, split
+from medreason.answers.tags import parse_answer
 
 ANSWER = "<think>\nbradykinin builds up\n</think>\n<response>\nACE inhibitors\n</response>"
 

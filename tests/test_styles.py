@@ -6,11 +6,12 @@ import pytest
 from datasets import Dataset
 
 from conftest import run_script
-from medreason import data, preflight, training
-from medreason.errors import UserError
-from medreason.modeling import load_for_training
-from medreason.prompts import PROMPT_STYLES, generation_prompt, get_style, to_example, tokenize_example
-from medreason.tags import STATUSES, parse_answer
+from medreason.data import readers
+from medreason.train import preflight, sft
+from medreason.config.errors import UserError
+from medreason.model.for_training import load_for_training
+from medreason.answers.prompts import PROMPT_STYLES, generation_prompt, get_style, to_example, tokenize_example
+from medreason.answers.tags import STATUSES, parse_answer
 from test_training import CPU_PLAN, settings
 
 ROW = {"Question": "A 60-year-old has crushing chest pain. First test?",
@@ -54,8 +55,8 @@ def test_only_the_answer_is_trained_in_every_style(name, tiny_model_dir, demo_ro
     model, tokenizer = load_for_training(cfg, CPU_PLAN, str(tiny_model_dir))
     rows = demo_rows[:3]
     examples = Dataset.from_list([to_example(row, style, tokenizer) for row in rows])
-    trainer = training.build_trainer(model, tokenizer, examples, None,
-                                     training.build_sft_config(cfg, CPU_PLAN, [], tmp_path / "checkpoints"))
+    trainer = sft.build_trainer(model, tokenizer, examples, None,
+                                     sft.build_sft_config(cfg, CPU_PLAN, [], tmp_path / "checkpoints"))
     for row, example, ours in zip(rows, trainer.train_dataset, examples):
         ids, labels = example["input_ids"], example["labels"]
         first = next(i for i, label in enumerate(labels) if label != -100)
@@ -108,15 +109,15 @@ def test_instruction_and_chat_layouts_load_as_rows(tmp_path):
     instruction = write_jsonl(tmp_path / "ins.jsonl", [
         {"instruction": "Name the first test.", "input": "Crushing chest pain, age 60.", "response": "An ECG."},
         {"instruction": "Name a cause of dry cough.", "output": "ACE inhibitors."}])
-    rows, dropped = data.validate(data.load_records(instruction), instruction)
+    rows, dropped = readers.validate(readers.load_records(instruction), instruction)
     assert rows == [{"Question": "Name the first test.\n\nCrushing chest pain, age 60.", "Complex_CoT": "",
                      "Response": "An ECG."},
                     {"Question": "Name a cause of dry cough.", "Complex_CoT": "", "Response": "ACE inhibitors."}]
     chat = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": [{"role": "user", "content": "First test?"}, {"role": "assistant", "content": "An ECG."}]}])
-    assert data.validate(data.load_records(chat), chat)[0] == [
+    assert readers.validate(readers.load_records(chat), chat)[0] == [
         {"Question": "First test?", "Complex_CoT": "", "Response": "An ECG."}]
-    assert data.detect_layout(data.load_records(chat), chat) == "messages"
+    assert readers.detect_layout(readers.load_records(chat), chat) == "messages"
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -132,18 +133,18 @@ def test_instruction_and_chat_layouts_load_as_rows(tmp_path):
 def test_broken_layouts_are_refused_with_the_reason(tmp_path, rows, message):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     with pytest.raises(UserError, match=message):
-        data.validate(data.load_records(path), path)
+        readers.validate(readers.load_records(path), path)
 
 
 def test_rows_without_reasoning_need_a_style_without_reasoning(tmp_path):
     plain_answers = [{"Question": "q", "Complex_CoT": "", "Response": "An ECG."}]
     with pytest.raises(UserError, match=r"row 1 has no reasoning for PROMPT_STYLE='think_response'.*"
                                         r"Fix: --PROMPT_STYLE=plain"):
-        data.fit_rows_to_style(plain_answers, get_style("think_response"), "rows.jsonl")
-    assert data.fit_rows_to_style(plain_answers, get_style("plain"), "rows.jsonl") == plain_answers
+        readers.fit_rows_to_style(plain_answers, get_style("think_response"), "rows.jsonl")
+    assert readers.fit_rows_to_style(plain_answers, get_style("plain"), "rows.jsonl") == plain_answers
     # Answers already written in the style's layout are split by its parser.
     laid_out = [{"Question": "q", "Complex_CoT": "", "Response": "## Thinking\n\nsteps\n\n## Final Response\n\nECG."}]
-    assert data.fit_rows_to_style(laid_out, get_style("huatuo"), "rows.jsonl") == [
+    assert readers.fit_rows_to_style(laid_out, get_style("huatuo"), "rows.jsonl") == [
         {"Question": "q", "Complex_CoT": "steps", "Response": "ECG."}]
 
 

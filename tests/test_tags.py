@@ -1,9 +1,9 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from medreason.metrics import compliance_flags, rouge_l_scores, status_counts
-from medreason.prompts import get_style
-from medreason.tags import TAGS, parse_answer
+from medreason.evaluate.metrics import compliance_flags, rouge_l_scores, status_counts
+from medreason.answers.prompts import get_style
+from medreason.answers.tags import TAGS, parse_answer
 
 STYLE = get_style("think_response")
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from medreason import preflight, training
-from medreason.modeling import load_for_training, save_adapter
-from medreason.prompts import generation_prompt, get_style, to_conversation
-from medreason.errors import UserError
-from medreason.runtime import Plan
+from medreason.train import preflight, sft
+from medreason.model.for_training import load_for_training, save_adapter
+from medreason.answers.prompts import generation_prompt, get_style, to_conversation
+from medreason.config.errors import UserError
+from medreason.config.run_plan import Plan
 
 STYLE = get_style("think_response")
 END_OF_TURN = "<|im_end|>"
@@ -17,7 +17,7 @@ END_OF_TURN = "<|im_end|>"
 
 def script_constants() -> dict:
     import medical_fine_tuning
-    from medreason.settings import collect
+    from medreason.config.settings import collect
     return collect(vars(medical_fine_tuning))
 
 
@@ -38,8 +38,8 @@ def make_trainer(tiny_model_dir, rows, cfg):
     from datasets import Dataset
     model, tokenizer = load_for_training(cfg, CPU_PLAN, str(tiny_model_dir))
     conversations = Dataset.from_list([to_conversation(r, STYLE) for r in rows])
-    args = training.build_sft_config(cfg, CPU_PLAN, [], training_dir(cfg))
-    return training.build_trainer(model, tokenizer, conversations.select(range(2, len(rows))),
+    args = sft.build_sft_config(cfg, CPU_PLAN, [], training_dir(cfg))
+    return sft.build_trainer(model, tokenizer, conversations.select(range(2, len(rows))),
                                   conversations.select(range(2)), args), tokenizer
 
 
@@ -101,11 +101,11 @@ def test_training_logs_loss_changes_lora_and_the_adapter_reloads_identically(tin
 def test_training_resumes_from_the_newest_checkpoint(tiny_model_dir, demo_rows, tmp_path):
     first, _ = make_trainer(tiny_model_dir, demo_rows[:10], settings(tmp_path, MAX_STEPS=2))
     first.train()
-    checkpoint = training.last_checkpoint(training_dir(settings(tmp_path)))
+    checkpoint = sft.last_checkpoint(training_dir(settings(tmp_path)))
     assert checkpoint and checkpoint.endswith("checkpoint-2")
-    training.check_resumable(checkpoint, settings(tmp_path, MAX_STEPS=4))  # same LoRA settings: fine
+    sft.check_resumable(checkpoint, settings(tmp_path, MAX_STEPS=4))  # same LoRA settings: fine
     with pytest.raises(UserError, match=r"TARGET_MODULES .* Fix: use another --OUTPUT_DIR"):
-        training.check_resumable(checkpoint, settings(tmp_path, TARGET_MODULES=["q_proj", "k_proj", "v_proj"]))
+        sft.check_resumable(checkpoint, settings(tmp_path, TARGET_MODULES=["q_proj", "k_proj", "v_proj"]))
     second, _ = make_trainer(tiny_model_dir, demo_rows[:10], settings(tmp_path, MAX_STEPS=4))
     steps_run = []
     second.add_callback(type("Count", (TrainerCallback,), {
@@ -128,6 +128,6 @@ def test_final_eval_loss_is_not_computed_twice(tiny_model_dir, demo_rows, tmp_pa
     trainer, _ = make_trainer(tiny_model_dir, demo_rows[:10], settings(tmp_path, MAX_STEPS=2, EVAL_STEPS=2))
     trainer.train()
     passes = sum("eval_loss" in e for e in trainer.state.log_history)
-    loss = training.final_eval_loss(trainer)  # step 2 was evaluated during training: reused
+    loss = sft.final_eval_loss(trainer)  # step 2 was evaluated during training: reused
     assert sum("eval_loss" in e for e in trainer.state.log_history) == passes
     assert loss == next(e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e)

@@ -27,10 +27,10 @@ atexit.register(lambda: LOG.write_text(json.dumps(written)))
 sys.addaudithook(record)
 sys.path.insert(0, str(ROOT))
 if os.environ.get("DRILL_FAIL_RANK") == str(RANK):
-    from medreason import evaluation
+    from medreason.evaluate import comparison
 
     def failing_score(*args, **kwargs):
         raise RuntimeError(f"drill: process {RANK} failed while evaluating")
-    evaluation.score = failing_score
+    comparison.score = failing_score
 sys.argv = [str(ROOT / "medical_fine_tuning.py"), *sys.argv[1:]]
 runpy.run_path(str(ROOT / "medical_fine_tuning.py"), run_name="__main__")
