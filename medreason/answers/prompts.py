@@ -54,6 +54,7 @@ class PromptStyle:
     response_opening: str = ""  # written for a model that closed its reasoning and stopped (answering.py)
     reasoning: bool = True  # the answer carries a reasoning block (rows need one to train it)
     as_text: bool = False  # trained as rendered text: DeepSeek-R1 chat templates drop the reasoning of assistant turns
+    card_text: str = ""  # the model card's description of this answer layout (Markdown, naming its own markers)
 
     def answer(self, thinking: str, response: str) -> str:
         return self.answer_template.format(thinking=thinking.strip(), response=response.strip())
@@ -65,17 +66,24 @@ class PromptStyle:
 PROMPT_STYLES = {
     "think_response": PromptStyle(
         "think_response", "<think>\n{thinking}\n</think>\n<response>\n{response}\n</response>",
-        response_opening="<response>\n"),
+        response_opening="<response>\n",
+        card_text="It reasons step by step inside `<think>…</think>`, then gives its answer inside "
+                  "`<response>…</response>`."),
     # HuatuoGPT-o1's layout (the pipeline that wrote medical-o1-reasoning-SFT).
     "huatuo": PromptStyle(
-        "huatuo", "## Thinking\n\n{thinking}\n\n## Final Response\n\n{response}", HUATUO_SYSTEM_PROMPT),
+        "huatuo", "## Thinking\n\n{thinking}\n\n## Final Response\n\n{response}", HUATUO_SYSTEM_PROMPT,
+        card_text="It reasons step by step under a `## Thinking` heading, then gives its answer under a "
+                  "`## Final Response` heading (HuatuoGPT-o1's layout)."),
     # DeepSeek-R1's habit: reasoning in <think>...</think>, then the answer untagged. Its distilled models' chat
     # template ends the generation prompt with "<think>\n" and strips everything up to </think> from assistant turns,
     # so these examples are rendered as text (the prompt through the template, the answer as written).
     "r1": PromptStyle(
-        "r1", "<think>\n{thinking}\n</think>\n\n{response}", "", user_template=R1_USER_TEMPLATE, as_text=True),
+        "r1", "<think>\n{thinking}\n</think>\n\n{response}", "", user_template=R1_USER_TEMPLATE, as_text=True,
+        card_text="It reasons step by step inside `<think>…</think>` (DeepSeek-R1's layout: the chat template may "
+                  "already open `<think>` in the prompt), then gives its answer as plain text after `</think>`."),
     # The answer alone: instruction/response data, or medical-o1 rows trained without their reasoning.
-    "plain": PromptStyle("plain", "{response}", PLAIN_SYSTEM_PROMPT, reasoning=False),
+    "plain": PromptStyle("plain", "{response}", PLAIN_SYSTEM_PROMPT, reasoning=False,
+                         card_text="It gives its answer directly as plain text, with no separate reasoning block."),
 }
 
 
