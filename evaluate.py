@@ -98,8 +98,9 @@ def main(argv) -> dict:
                         f"comparison. Fix: pass the adapter folder, or --no-base.")
     budget, why = loaded.budget(args.max_new_tokens, MAX_NEW_TOKENS)
     print(f"[eval] {budget} new tokens per answer ({why})")
-    from medreason.config.estimates import say_evaluation  # rows x models x tokens at this CPU's measured rate
-    say_evaluation(loaded, rows, kind, budget, args.batch_size, not args.no_base, args.engine)
+    from medreason.model.estimates import say_evaluation  # rows x models x tokens at this CPU's measured rate
+    say_evaluation(loaded, rows, kind, comparison.questions_for(rows, kind), budget, args.batch_size,
+                   not args.no_base, args.engine)
     start = time.time()
     results = comparison.compare(loaded.model, loaded.tokenizer, rows, kind, loaded.style, budget, args.batch_size,
                                  seed=args.seed, include_base=not args.no_base, engine=args.engine)

@@ -95,7 +95,8 @@ def demo_note(cfg) -> str:
 
 def say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, questions, held_out, ready):
     """The stage's time from its real work (questions x candidates x tokens, DPO steps x pairs), before it starts."""
-    from medreason.config import estimates
+    from medreason.evaluate.judging import PROBES
+    from medreason.model import estimates
     from medreason.preference import dpo
     from medreason.model.for_training import resolve_model_path
     from medreason.answers.prompts import prompt_length
@@ -108,7 +109,7 @@ def say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, questions, h
     reference = sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references) / max(len(asked), 1)
     estimates.say(estimates.preference(cfg, plan, shape, why, 0 if ready else len(questions), len(held_out), prompt,
                                        candidates=not ready, judge=judge, judge_why=judge_why,
-                                       reference_tokens=reference))
+                                       reference_tokens=reference, probes=PROBES))
 
 
 def place_output(cfg, origins) -> None:

@@ -10,9 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT, SHARED_SAMPLE, run_script
-from medreason.config import estimates, quiet
+from medreason.config import quiet
+from medreason.model import estimates
 from medreason.train import preflight
-from medreason.config.estimates import Shape
+from medreason.model.estimates import Shape
 from medreason.config.run_plan import Plan
 
 NOISE = ("ContinuousBatchingLogger", "attempted to free blocks for non-existent request_id",
@@ -75,7 +76,7 @@ def test_the_preference_estimate_grows_with_questions_x_candidates(monkeypatch):
 
     def parts(questions, k=cfg.NUM_CANDIDATES):
         cfg.NUM_CANDIDATES = k
-        est = estimates.preference(cfg, plan, SMALL, "", questions, 2, 100.0, candidates=True, judge=SMALL)
+        est = estimates.preference(cfg, plan, SMALL, "", questions, 2, 100.0, candidates=True, judge=SMALL, probes=2)
         return {p.name: p for p in est.parts}, est
     four, est = parts(4)
     assert list(four) == ["candidates", "judge", "DPO", "SFT vs DPO"]

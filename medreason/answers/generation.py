@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from medreason.config import quiet
 from medreason.config.errors import UserError
 
 ENGINES = ("auto", "continuous", "batched")
@@ -217,14 +218,11 @@ def cache_config(prompt_lengths: list[int], max_new_tokens: int, seats: int, on_
                                     max_batch_tokens=max(256, 2 * seats))
 
 
-_CANCELLED: set[str] = set()
-
-
 def cancelled_requests() -> set[str]:
     """Request ids of the current continuous-batching call cancelled at their closing tag. One whose answer had
     already ended on its own is freed a second time by transformers (a no-op it logs): quiet.py drops that line for
-    these ids only."""
-    return _CANCELLED
+    these ids only, so the set lives there (config/ is below answers/)."""
+    return quiet.CANCELLED_BY_US
 
 
 def _continuous(model, tokenizer, texts, max_new_tokens, batch_size, sampling, desc, progress, streamer,
@@ -242,7 +240,7 @@ def _continuous(model, tokenizer, texts, max_new_tokens, batch_size, sampling, d
                              model.device.type == "cuda")
     done: dict[str, list[int]] = {}
     checked: dict[str, int] = {}
-    _CANCELLED.clear()  # ids restart at req_0 with each manager
+    quiet.CANCELLED_BY_US.clear()  # ids restart at req_0 with each manager
     with model.continuous_batching_context_manager(generation_config=config, continuous_batching_config=cb_config,
                                                    warmup=model.device.type == "cuda", block=True) as manager, \
             tqdm(total=len(texts), desc=desc, unit="answer", disable=not progress) as bar:
@@ -262,7 +260,7 @@ def _continuous(model, tokenizer, texts, max_new_tokens, batch_size, sampling, d
             checked[result.request_id] = len(tokens)
             if closed is not None and not result.is_finished():
                 manager.cancel_request(result.request_id)
-                _CANCELLED.add(result.request_id)  # see cancelled_requests()
+                quiet.CANCELLED_BY_US.add(result.request_id)  # see cancelled_requests()
             if closed is not None or result.is_finished():
                 done[result.request_id] = tokens if closed is None else tokens[:closed]
                 bar.update(1)

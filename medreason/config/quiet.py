@@ -32,10 +32,12 @@ _CB_FREE = re.compile(r"CacheAllocator \d+ attempted to free blocks for non-exis
 _TOO_LONG = "Token indices sequence length is longer than the specified maximum sequence length for this model"
 
 
+CANCELLED_BY_US: set[str] = set()  # request ids answers/generation.py cancelled at their closing tag (it fills this)
+
+
 def _cancelled_by_us(record) -> bool:
-    from medreason.answers.generation import cancelled_requests
     found = isinstance(record.msg, str) and _CB_FREE.match(record.msg)
-    return bool(found) and found.group(1) in cancelled_requests()
+    return bool(found) and found.group(1) in CANCELLED_BY_US
 
 
 def _cpu_only_torch() -> bool:

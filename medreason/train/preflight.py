@@ -106,7 +106,7 @@ def check_training_data(prepared, tokenizer, max_len: int) -> None:
 
 def say_training_estimate(cfg, plan, model_path: str, prepared) -> None:
     """The trainer's [estimate] line, from the rows and token counts just checked (estimates.training)."""
-    from medreason.config import estimates
+    from medreason.model import estimates
     safety_asks = 0
     if getattr(cfg, "SAFETY_EVAL_SAMPLES", None) != 0 and prepared.info.get("val_rows"):
         from medreason.evaluate.safety import samples_per_kind

@@ -10,7 +10,7 @@ The cost model (N = the parameters each token passes through: the layers and the
                 flight its 2N FLOPs at DECODE_EFFICIENCY of the rate. Continuous batching takes max(longest answer,
                 all tokens / seats) steps; the batched path runs each batch to its longest answer.
 An answer's length is unknown before it is written: it is taken as ANSWER_FILL of its budget (the longest: all of
-it), and the line says the bound. `python -m medreason.config.estimates` measures the generation constants again here.
+it), and the line says the bound. `python -m medreason.model.estimates` measures the generation constants again here.
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medreason.evaluate.judging import PROBES
 
 # Measured on the 2-core AMD EPYC of this project's CI (avx512_bf16; fp32 matmul ~150 GFLOP/s, bf16 ~350) with the
-# embedded SmolLM2-135M, torch 2.13 / transformers 5.17; `python -m medreason.config.estimates` prints them again.
+# embedded SmolLM2-135M, torch 2.13 / transformers 5.17; `python -m medreason.model.estimates` prints them again.
 STEP_SECONDS_PER_LAYER = 0.0015  # fixed cost of one decoding step, per layer: 32-75 ms / step for 30 layers at 1 seat
 DECODE_EFFICIENCY = 0.25  # share of the matmul rate one more answer in flight reaches: 4-13 ms per seat-step, 135M
 READ_EFFICIENCY = 0.45  # share of the matmul rate a forward pass over whole sequences reaches
@@ -195,12 +194,11 @@ def evaluation(shape: Shape | None, why: str, rows: int, models: int, budget: in
     return est
 
 
-def say_evaluation(loaded, rows: list[dict], kind: str, budget: int, batch_size: int, include_base: bool,
-                   engine: str) -> Estimate:
+def say_evaluation(loaded, rows: list[dict], kind: str, questions: list[str], budget: int, batch_size: int,
+                   include_base: bool, engine: str) -> Estimate:
     """evaluate.py's [estimate] line for the loaded model (its own config, dtype and device) and these rows."""
     import torch
 
-    from medreason.evaluate.comparison import questions_for
     from medreason.answers.generation import GREEDY, continuous_unavailable
     from medreason.answers.prompts import generation_prompt
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -211,7 +209,7 @@ def say_evaluation(loaded, rows: list[dict], kind: str, budget: int, batch_size:
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    prompt = sum(count(generation_prompt(tokenizer, q, loaded.style)) for q in questions_for(rows, kind))
+    prompt = sum(count(generation_prompt(tokenizer, q, loaded.style)) for q in questions)
     reference = sum(count(r["Response"]) for r in rows) if kind == "reasoning" else 0
     runs = engine if engine != "auto" else ("batched" if continuous_unavailable(model, GREEDY, None, 0)
                                             else "continuous")
@@ -223,10 +221,10 @@ def say_evaluation(loaded, rows: list[dict], kind: str, budget: int, batch_size:
 
 def preference(cfg, plan, shape: Shape | None, why: str, questions: int, held_out: int, prompt_tokens: float,
                candidates: bool, judge: Shape | None = None, judge_why: str = "",
-               reference_tokens: float = 0.0) -> Estimate:
+               reference_tokens: float = 0.0, probes: int = 0) -> Estimate:
     """preference_tuning.py: questions x candidates x tokens (an answer cut by its budget is continued: answering.py),
     the judge's verdicts (judge: its shape when it is a model; each reads the rubric, the question, the answer and
-    the reference), DPO steps x pairs x 2 sequences (policy forward and backward, the frozen reference forward), then
+    the reference; probes: the verdicts asked before any candidate), DPO steps x pairs x 2 sequences (policy forward and backward, the frozen reference forward), then
     SFT vs DPO on the held-out questions (their answers, the references' perplexity, the judge)."""
     est = Estimate("preference stage")
     rate, basis = rate_for(plan.precision, plan.device)
@@ -251,7 +249,7 @@ def preference(cfg, plan, shape: Shape | None, why: str, questions: int, held_ou
                                                                cfg.GENERATION_BATCH_SIZE, prompt_tokens, rate),
                               f"{questions} questions x {k} answers x <={budget}(+{CONTINUATION_TOKENS}) tokens"))
         if judge:
-            n = questions * k + PROBES
+            n = questions * k + probes
             est.parts.append(Part("judge", verdicts(n), f"{n} answers x {cfg.JUDGE_SAMPLES} verdicts"))
     pairs = plan.processes * cfg.BATCH_SIZE * cfg.GRAD_ACCUM
     sequence = prompt_tokens + answer
