@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass
 
 from medreason.answers.generation import GREEDY, Sampling, generate
-from medreason.answers.prompts import PromptStyle, generation_prompt
+from medreason.answers.prompts import PROMPT_STYLES, PromptStyle, generation_prompt
 from medreason.answers.tags import closing_marker, parse_answer, reasoning_closed_at
 
-# What closes a reasoning block that ran out of its thinking budget, per style: the layout the style trains (a style
+# What closes a reasoning block that ran out of its thinking budget, per style: each style's budget_closing (a style
 # with no reasoning block, "plain", has nothing to close: its answers are only cut and continued as before).
-BUDGET_CLOSINGS = {"think_response": "\n</think>\n<response>\n", "huatuo": "\n\n## Final Response\n\n",
-                   "r1": "\n</think>\n\n"}
+BUDGET_CLOSINGS = {name: style.budget_closing for name, style in PROMPT_STYLES.items() if style.budget_closing}
 
 
 @dataclass

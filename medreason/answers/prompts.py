@@ -4,35 +4,12 @@ A row (Question, Complex_CoT, Response) becomes a prompt/completion example for 
   prompt     = [system, user(question)]            -> masked out of the loss
   completion = [assistant(the answer in the run's PROMPT_STYLE)]  -> trained, with the end-of-turn token
 The model's own chat template turns it into text, so the same function serves any chat model. The styles (answer
-layouts) are PROMPT_STYLES below; each has its parser in tags.py, used by evaluation, inference and the metrics.
+layouts, each with its parser, markers and card text) are PROMPT_STYLES in styles.py; get_style is re-exported here.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
+from medreason.answers.styles import PROMPT_STYLES, PromptStyle, get_style  # noqa: F401 (the scripts' way to a style)
 from medreason.config.errors import UserError
-
-SYSTEM_PROMPT = (
-    "You are a careful medical reasoning assistant. First think through the question step by step inside "
-    "<think></think> tags, then give a clear, concise answer inside <response></response> tags. "
-    "Your answers are for education only and are not a substitute for professional medical advice."
-)
-HUATUO_SYSTEM_PROMPT = (
-    "You are a careful medical reasoning assistant. First think through the question step by step under a "
-    "'## Thinking' heading, then give a clear, concise answer under a '## Final Response' heading. "
-    "Your answers are for education only and are not a substitute for professional medical advice."
-)
-PLAIN_SYSTEM_PROMPT = (
-    "You are a careful medical assistant. Give a clear, concise, accurate answer. "
-    "Your answers are for education only and are not a substitute for professional medical advice."
-)
-# DeepSeek advises no system prompt for its R1 models, with every instruction in the user turn.
-R1_USER_TEMPLATE = (
-    "You are a medical expert with advanced knowledge in clinical reasoning, diagnostics and treatment planning. "
-    "Think through the question step by step, then answer it clearly. Your answer is for education only.\n\n"
-    "Question: {question}"
-)
 
 DISCLAIMER = "Educational use only, not medical advice: consult a qualified clinician for any health decision."
 
@@ -42,49 +19,6 @@ DISCLAIMER = "Educational use only, not medical advice: consult a qualified clin
 # tokenizer). The value is Llama-3's own fallback when no clock is available.
 TEMPLATE_DATE = "26 Jul 2024"
 _DATE_PIN = '{%- set date_string = "' + TEMPLATE_DATE + '" %}'
-
-
-@dataclass(frozen=True)
-class PromptStyle:
-    """How the reasoning and the answer are laid out in the assistant turn, and how the question is asked."""
-    name: str
-    answer_template: str  # with {thinking} and {response}
-    system_prompt: str = SYSTEM_PROMPT  # "" = no system message
-    user_template: str = "{question}"
-    response_opening: str = ""  # written for a model that closed its reasoning and stopped (answering.py)
-    reasoning: bool = True  # the answer carries a reasoning block (rows need one to train it)
-    as_text: bool = False  # trained as rendered text: DeepSeek-R1 chat templates drop the reasoning of assistant turns
-    card_text: str = ""  # the model card's description of this answer layout (Markdown, naming its own markers)
-
-    def answer(self, thinking: str, response: str) -> str:
-        return self.answer_template.format(thinking=thinking.strip(), response=response.strip())
-
-    def with_system_prompt(self, system_prompt: str) -> PromptStyle:
-        return dataclasses.replace(self, system_prompt=system_prompt)
-
-
-PROMPT_STYLES = {
-    "think_response": PromptStyle(
-        "think_response", "<think>\n{thinking}\n</think>\n<response>\n{response}\n</response>",
-        response_opening="<response>\n",
-        card_text="It reasons step by step inside `<think>…</think>`, then gives its answer inside "
-                  "`<response>…</response>`."),
-    # HuatuoGPT-o1's layout (the pipeline that wrote medical-o1-reasoning-SFT).
-    "huatuo": PromptStyle(
-        "huatuo", "## Thinking\n\n{thinking}\n\n## Final Response\n\n{response}", HUATUO_SYSTEM_PROMPT,
-        card_text="It reasons step by step under a `## Thinking` heading, then gives its answer under a "
-                  "`## Final Response` heading (HuatuoGPT-o1's layout)."),
-    # DeepSeek-R1's habit: reasoning in <think>...</think>, then the answer untagged. Its distilled models' chat
-    # template ends the generation prompt with "<think>\n" and strips everything up to </think> from assistant turns,
-    # so these examples are rendered as text (the prompt through the template, the answer as written).
-    "r1": PromptStyle(
-        "r1", "<think>\n{thinking}\n</think>\n\n{response}", "", user_template=R1_USER_TEMPLATE, as_text=True,
-        card_text="It reasons step by step inside `<think>…</think>` (DeepSeek-R1's layout: the chat template may "
-                  "already open `<think>` in the prompt), then gives its answer as plain text after `</think>`."),
-    # The answer alone: instruction/response data, or medical-o1 rows trained without their reasoning.
-    "plain": PromptStyle("plain", "{response}", PLAIN_SYSTEM_PROMPT, reasoning=False,
-                         card_text="It gives its answer directly as plain text, with no separate reasoning block."),
-}
 
 
 def pin_template_date(tokenizer):
@@ -98,12 +32,6 @@ def pin_template_date(tokenizer):
                         "give the tokenizer a chat template that takes date_string (as Llama-3.x's do).")
     tokenizer.chat_template = _DATE_PIN + template
     return tokenizer
-
-
-def get_style(name: str) -> PromptStyle:
-    if name not in PROMPT_STYLES:
-        raise UserError(f"PROMPT_STYLE={name!r} is not known. Choose one of: {', '.join(PROMPT_STYLES)}.")
-    return PROMPT_STYLES[name]
 
 
 def prompt_messages(question: str, style: PromptStyle) -> list[dict]:
