@@ -116,7 +116,8 @@ def parrot_model_dir(tmp_path_factory, tiny_model_dir, tokenizer):
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
-    """An adapter written by our trainer code (2 steps on the tiny Llama, transformers backend)."""
+    """An adapter written by our trainer code (2 steps on the tiny Llama, transformers backend), with the run record
+    the trainer writes (sft.run_info, finished at its last step)."""
     import types
     from datasets import Dataset
     from medreason.train import sft
@@ -131,13 +132,12 @@ def tiny_adapter(tmp_path_factory, tiny_model_dir, demo_rows):
         "GRAD_ACCUM": 1, "MAX_STEPS": 2, "LEARNING_RATE": 5e-3, "LR_SCHEDULER": "constant", "WARMUP_STEPS": 0,
         "WEIGHT_DECAY": 0.0, "GRADIENT_CHECKPOINTING": False, "VAL_SIZE": 0, "EVAL_STEPS": 0, "SAVE_STEPS": 10,
         "SAVE_TOTAL_LIMIT": 1, "SEED": 0, "OUTPUT_DIR": str(out), "LORA_R": 8, "LORA_ALPHA": 16, "LORA_DROPOUT": 0.0,
-        "TARGET_MODULES": ["q_proj", "v_proj"], "LOGGING_STEPS": 1})
+        "TARGET_MODULES": ["q_proj", "v_proj"], "LOGGING_STEPS": 1, "MODEL_NAME": str(tiny_model_dir)})
     plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     style = get_style("think_response")
     model, tok = load_for_training(cfg, plan, str(tiny_model_dir))
     data = Dataset.from_list([to_conversation(r, style) for r in demo_rows[:4]])
     trainer = sft.build_trainer(model, tok, data, None,
                                      sft.build_sft_config(cfg, plan, [], out / "checkpoints"))
-    trainer.train()
-    return save_adapter(model, tok, out / "adapter", {"model_name": str(tiny_model_dir),
-                                                      "prompt_style": style.name, "system_prompt": style.system_prompt})
+    result = trainer.train()
+    return save_adapter(model, tok, out / "adapter", sft.run_info(cfg, plan, style), result.global_step)

@@ -6,6 +6,7 @@ import torch
 from transformers import TrainerCallback
 
 from medreason.train import preflight, sft
+from medreason.model import run_record
 from medreason.model.for_training import load_for_training, save_adapter
 from medreason.answers.prompts import generation_prompt, get_style, to_conversation
 from medreason.config.errors import UserError
@@ -103,9 +104,10 @@ def test_training_resumes_from_the_newest_checkpoint(tiny_model_dir, demo_rows, 
     first.train()
     checkpoint = sft.last_checkpoint(training_dir(settings(tmp_path)))
     assert checkpoint and checkpoint.endswith("checkpoint-2")
-    sft.check_resumable(checkpoint, settings(tmp_path, MAX_STEPS=4))  # same LoRA settings: fine
+    sft.check_resumable(checkpoint, settings(tmp_path, MAX_STEPS=4), CPU_PLAN)  # same LoRA settings: fine
     with pytest.raises(UserError, match=r"TARGET_MODULES .* Fix: use another --OUTPUT_DIR"):
-        sft.check_resumable(checkpoint, settings(tmp_path, TARGET_MODULES=["q_proj", "k_proj", "v_proj"]))
+        sft.check_resumable(checkpoint, settings(tmp_path, TARGET_MODULES=["q_proj", "k_proj", "v_proj"]),
+                            CPU_PLAN)
     second, _ = make_trainer(tiny_model_dir, demo_rows[:10], settings(tmp_path, MAX_STEPS=4))
     steps_run = []
     second.add_callback(type("Count", (TrainerCallback,), {
@@ -131,3 +133,37 @@ def test_final_eval_loss_is_not_computed_twice(tiny_model_dir, demo_rows, tmp_pa
     loss = sft.final_eval_loss(trainer)  # step 2 was evaluated during training: reused
     assert sum("eval_loss" in e for e in trainer.state.log_history) == passes
     assert loss == next(e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e)
+
+
+def test_a_finished_adapter_is_reused_only_with_the_same_weight_settings(tiny_model_dir, demo_rows, tmp_path, capsys):
+    """train returns the step it finished at; the final adapter's record keeps it; a rerun of the same settings
+    evaluates that adapter without training, one with 4-bit switched (the plan's resolved value) trains again."""
+    import dataclasses
+    cfg = settings(tmp_path, MAX_STEPS=2, VAL_SIZE=0, EVAL_STEPS=0)
+    trainer, tokenizer = make_trainer(tiny_model_dir, demo_rows[:6], cfg)
+    info = sft.run_info(cfg, CPU_PLAN, STYLE)
+    result = sft.train(trainer, None, tmp_path, info)
+    assert result.global_step == 2 and "finished_at_step" not in info  # the step is returned, not written into info
+    sft.save_final_adapter(trainer, trainer.model, tokenizer, tmp_path / "adapter", info, result.global_step)
+    assert run_record.read(tmp_path / "adapter")["finished_at_step"] == 2
+    assert sft.resume_point(training_dir(cfg), cfg, CPU_PLAN) is None  # finished: nothing to resume
+    capsys.readouterr()
+
+    again, _ = make_trainer(tiny_model_dir, demo_rows[:6], cfg)
+    before = lora_state(again.model)
+    assert sft.train(again, None, tmp_path, sft.run_info(cfg, CPU_PLAN, STYLE)).global_step == 2
+    assert "already finished training at step 2" in capsys.readouterr().out
+    assert any(not torch.equal(before[name], p) for name, p in lora_state(again.model).items()), "adapter loaded"
+
+    four_bit = dataclasses.replace(CPU_PLAN, load_in_4bit=True)  # as a CUDA run with LOAD_IN_4BIT=True resolves
+    with pytest.raises(UserError, match=r"checkpoint-2 was trained with other settings \(LOAD_IN_4BIT False -> "
+                                        r"True\).*Fix: use another --OUTPUT_DIR"):
+        sft.resume_point(training_dir(cfg), cfg, four_bit)  # its last checkpoint would relabel the old weights
+    third, _ = make_trainer(tiny_model_dir, demo_rows[:6], cfg)
+    third.add_callback(type("Count", (TrainerCallback,), {
+        "on_step_end": lambda self, args, state, control, **kw: steps.append(state.global_step)})())
+    steps = []
+    sft.train(third, None, tmp_path, sft.run_info(cfg, four_bit, STYLE))
+    printed = capsys.readouterr().out
+    assert "finished training at step 2 with other settings (LOAD_IN_4BIT False -> True)" in printed
+    assert "already finished" not in printed and steps == [1, 2], "trained again from step 0"

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from medreason.model import gguf
+from medreason.model import gguf, run_record
 from medreason.config.errors import UserError
 
 GGUF_EXPORTERS = ("llama.cpp", "unsloth")
@@ -94,9 +94,7 @@ def export_gguf(plan: ExportPlan, model, tokenizer, backend: str, base_path: str
                 max_new_tokens: int) -> Path:
     """Merged 16-bit model (the SAVE_MERGED folder when there is one, else a temporary one) -> GGUF files,
     Modelfile and training_info.json in OUTPUT_DIR/gguf."""
-    import json
-    info_path = adapter_dir / "training_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = run_record.read(adapter_dir)
     merged = out / "merged"
     temporary = not (plan.merged and (merged / "config.json").is_file())
     if temporary:

@@ -1,5 +1,5 @@
 """Load a trained model for answering: a local adapter folder, a Hub repo id of a published adapter, or a merged
-model folder. The adapter's training_info.json (written by the trainer) names its base model and prompt."""
+model folder. The adapter's run record (training_info.json, model/run_record.py) names its base model and prompt."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.config import hardware
+from medreason.model import run_record
 from medreason.model.embedded import EMBEDDED
 from medreason.config.errors import UserError
 from medreason.answers.prompts import PromptStyle, get_style
-
-TRAINING_INFO = "training_info.json"
 
 
 @dataclass
@@ -21,7 +20,7 @@ class Loaded:
     style: PromptStyle
     base_model: str  # what the weights underneath are: a Hub id, a folder or "embedded"
     kind: str  # "adapter" or "model"
-    info: dict  # the adapter's training_info.json ({} when there is none)
+    info: dict  # the adapter's run record, training_info.json ({} when there is none)
     backend: str = "transformers"
 
     def budget(self, given: int | None, fallback: int) -> tuple[int, str]:
@@ -52,11 +51,6 @@ def fetch(source: str) -> Path:
                         f"{str(e).splitlines()[0] if str(e) else ''}). Fix: check the id and your connection "
                         f"(HF_TOKEN for a private repo), or pass a local adapter folder, e.g. "
                         f"--adapter outputs/<run>/adapter.") from None
-
-
-def read_training_info(folder: Path) -> dict:
-    path = folder / TRAINING_INFO
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def trained_style(info: dict) -> PromptStyle:
@@ -97,7 +91,7 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
 
     from medreason.model.for_training import load_tokenizer, resolve_model_path
     folder = fetch(source)
-    info = read_training_info(folder)
+    info = run_record.read(folder)
     style = trained_style(info)
     machine = hardware.detect()
     device = device or machine.device

@@ -144,18 +144,20 @@ def trainable_summary(model) -> str:
     return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
 
 
-def save_adapter(model, tokenizer, folder: Path, info: dict | None = None) -> Path:
-    """The adapter, its tokenizer and training_info.json (base model and prompt, read back by inference).
+def save_adapter(model, tokenizer, folder: Path, info: dict | None = None, finished_at_step: int | None = None) -> Path:
+    """The adapter, its tokenizer and its run record (model/run_record.py: base model and prompt, read back by
+    inference; `finished_at_step` when training finished, None for an adapter saved mid-run).
 
     Written beside `folder` and renamed into place (storage.save_folder): a full disk or a kill mid-save leaves the
     previous adapter intact, and a full disk is a one-line error naming the folder and the space it needs."""
     from medreason.model import storage
     folder = Path(folder)
     needed = max(storage.folder_bytes(folder), storage.trainable_bytes(model) + storage.TOKENIZER_BYTES)
-    return storage.save_folder(folder, lambda staging: _write_adapter(model, tokenizer, staging, info), needed)
+    return storage.save_folder(folder, lambda staging: _write_adapter(model, tokenizer, staging, info,
+                                                                      finished_at_step), needed)
 
 
-def _write_adapter(model, tokenizer, folder: Path, info: dict | None) -> None:
+def _write_adapter(model, tokenizer, folder: Path, info: dict | None, finished_at_step: int | None) -> None:
     # adapter_config.json + adapter_model.safetensors of the active adapter only, on either backend (DPO's model also
     # holds the frozen "ref" copy of the SFT adapter, which is not part of what was trained)
     several = len(getattr(model, "peft_config", {})) > 1
@@ -165,16 +167,18 @@ def _write_adapter(model, tokenizer, folder: Path, info: dict | None) -> None:
     # rendered at publishing (medreason/publish/hub.py), so the placeholder is not kept.
     (folder / "README.md").unlink(missing_ok=True)
     if info:
-        write_training_info(folder, info)
+        write_training_info(folder, info, finished_at_step)
 
 
-def write_training_info(folder: Path, info: dict) -> None:
-    """training_info.json beside the adapter; for the embedded model, a portable base id in adapter_config.json
-    rather than this machine's cache path."""
+def write_training_info(folder: Path, info: dict, finished_at_step: int | None = None) -> None:
+    """The run record beside the adapter (run_record.write); for the embedded model, a portable base id in
+    adapter_config.json rather than this machine's cache path."""
     import json
+
+    from medreason.model import run_record
     if info.get("model_name") == EMBEDDED:
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = EMBEDDED_HUB_ID
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    run_record.write(folder, info, finished_at_step)

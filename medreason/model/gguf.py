@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.config.errors import UserError
+from medreason.model import run_record
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the pinned llama-cpp-python (requirements-cpu.txt); its sources carry the converter
 CONVERTER_DIR_VARIABLE = "LLAMA_CPP_DIR"  # a llama.cpp checkout to take convert_hf_to_gguf.py from instead
@@ -395,11 +396,11 @@ def export(merged_dir: Path, out_dir: Path, methods: tuple[str, ...], info: dict
     config = json.loads((merged_dir / "config.json").read_text())
     context = int(config.get("max_position_embeddings") or OLLAMA_CONTEXT)
     modelfile = write_modelfile(out_dir, written[0], tokenizer, info, merged_dir, max_new_tokens, context)
-    (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    record = run_record.write(out_dir, info)  # the adapter's run record, as it is: answering asks as trained
     print(f"[gguf] Ollama: {ollama_command(out_dir, name)}")
     if len(written) > 1:
         print(f"[gguf] the {MODELFILE} uses {written[0].name}; for another file change its FROM line")
-    return [*written, modelfile, out_dir / "training_info.json"]
+    return [*written, modelfile, record]
 
 
 # --- answering from a GGUF -------------------------------------------------------------------------------------------
@@ -484,7 +485,7 @@ def gguf_tokenizer(path: Path):
 def load_gguf(source: str):
     """A GGUF file ready to answer: the model in llama.cpp, its tokenizer, and the prompt it was trained with (from
     the training_info.json the export writes beside it)."""
-    from medreason.model.for_inference import Loaded, read_training_info, trained_style
+    from medreason.model.for_inference import Loaded, trained_style
     path = Path(source).expanduser()
     if not path.is_file() or path.suffix != ".gguf":
         raise UserError(f"--gguf {source}: no such .gguf file. Fix: pass a file written by SAVE_GGUF, e.g. "
@@ -492,9 +493,9 @@ def load_gguf(source: str):
     if missing_tools() and "not installed" in missing_tools():
         raise UserError(f"--gguf needs llama-cpp-python. Fix: bash scripts/setup.sh (or pip install "
                         f"llama-cpp-python=={LLAMA_CPP_PYTHON}).")
-    info = read_training_info(path.parent)
+    info = run_record.read(path.parent)
     if not info:
-        print(f"[load] note: no training_info.json beside {path.name}: asking with the default prompt style and "
+        print(f"[load] note: no {run_record.FILE_NAME} beside {path.name}: asking with the default prompt style and "
               f"system prompt, which may not be the ones the model was trained with")
     model = LlamaCppModel(path)
     return Loaded(model, gguf_tokenizer(path), trained_style(info), str(path), "gguf", info, "llama.cpp")

@@ -34,9 +34,9 @@ WEIGHT_SETTINGS = {
 }
 # What a checkpoint must match to be resumed. SFT: the base model and how it was held (4-bit, backend, precision);
 # its LoRA shape is read from the checkpoint's own adapter_config.json (train/sft.py); a resumed run may change the
-# rest, e.g. MAX_STEPS to train longer. DPO and RL: every weight setting, since their pairs and questions go with it.
-RESUME_SETTINGS = {"sft": ("MODEL_NAME", *RESOLVED),
-                   "dpo": WEIGHT_SETTINGS["dpo"], "rl": WEIGHT_SETTINGS["rl"]}
+# rest, e.g. MAX_STEPS to train longer. A stage not named here (DPO, RL): every weight setting, since its pairs and
+# questions go with the checkpoint.
+RESUME_SETTINGS = {"sft": ("MODEL_NAME", *RESOLVED)}
 
 # A record written before a setting was recorded: the value every run had then. SAFETY_MIX (added with the safety
 # set) was always 0.0 before it existed.
@@ -136,4 +136,4 @@ def resume_differences(checkpoint_dir: Path, stage: str, now: dict) -> list[str]
     record = read(checkpoint_dir)
     if not record:
         return [] if stage == "sft" else [f"no {FILE_NAME} beside them"]
-    return differences(record, now, RESUME_SETTINGS[stage])
+    return differences(record, now, RESUME_SETTINGS.get(stage))

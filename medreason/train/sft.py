@@ -8,25 +8,18 @@ import shutil
 import zipfile
 from pathlib import Path
 
-
-RUN_INFO = "training_info.json"  # written next to the checkpoints: what they were trained from
-
-
-# The settings that decide the trained weights: an adapter finished with the same ones is not trained again.
-TRAINED_BY = ("MODEL_NAME", "DATASET", "DATASET_CONFIG", "TRAIN_SAMPLES", "VAL_SIZE", "MAX_THINK_WORDS",
-              "PROMPT_STYLE", "MAX_SEQ_LENGTH", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES", "BATCH_SIZE",
-              "GRAD_ACCUM", "MAX_STEPS", "LEARNING_RATE", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED",
-              "EARLY_STOPPING_PATIENCE", "SAFETY_MIX")
+from medreason.model import run_record
 
 
 def run_info(cfg, plan, style) -> dict:
-    """training_info.json, saved with the adapter and next to the checkpoints: inference asks with exactly this
-    base model, prompt and date; a resumed run must match it; a rerun after training finished does not train."""
+    """The SFT run record (model/run_record.py), saved with the adapter and next to the checkpoints: inference asks
+    with exactly this base model, prompt and date; a resumed run must match it; a rerun after training finished with
+    the same weight settings does not train."""
     from medreason.answers.prompts import TEMPLATE_DATE
     return {"model_name": cfg.MODEL_NAME, "prompt_style": style.name, "system_prompt": style.system_prompt,
             "template_date": TEMPLATE_DATE, "max_seq_length": cfg.MAX_SEQ_LENGTH, "max_new_tokens": cfg.MAX_NEW_TOKENS,
             "backend": plan.backend, "precision": plan.precision, "load_in_4bit": plan.load_in_4bit,
-            "trained_by": {name: getattr(cfg, name) for name in TRAINED_BY}}
+            "trained_by": run_record.trained_by("sft", cfg, plan)}
 
 
 def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
@@ -218,24 +211,20 @@ def final_eval_loss(trainer) -> float:
     return trainer.evaluate()["eval_loss"]
 
 
-def check_resumable(checkpoint: str | None, cfg) -> None:
-    """A checkpoint of another base model, or of other LoRA settings, cannot be resumed: say so before the model
-    loads, instead of torch's "parameter group doesn't match" (or a silently wrong model) after it."""
+def check_resumable(checkpoint: str | None, cfg, plan) -> None:
+    """A checkpoint of another base model, held otherwise (4-bit, backend, precision: run_record.RESUME_SETTINGS),
+    or of other LoRA settings, cannot be resumed: say so before the model loads, instead of torch's "parameter group
+    doesn't match" (or a silently wrong model) after it."""
     from medreason.config.errors import UserError
     if not checkpoint:
         return
     folder = Path(checkpoint)
-    differences = _base_model_difference(folder.parent, cfg) + _lora_differences(folder, cfg)
+    differences = run_record.resume_differences(folder.parent, "sft", run_record.trained_by("sft", cfg, plan)) \
+        + _lora_differences(folder, cfg)
     if differences:
         raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(differences)}), so this run cannot "
                         f"resume from it. Fix: use another --OUTPUT_DIR, delete {folder.parent} to start over, or "
                         f"pass the settings it was trained with.")
-
-
-def _base_model_difference(checkpoint_dir: Path, cfg) -> list[str]:
-    info = checkpoint_dir / RUN_INFO
-    saved = json.loads(info.read_text()).get("model_name") if info.is_file() else None
-    return [f"MODEL_NAME {saved!r} there, {cfg.MODEL_NAME!r} now"] if saved and saved != cfg.MODEL_NAME else []
 
 
 def _lora_differences(checkpoint: Path, cfg) -> list[str]:
@@ -243,7 +232,7 @@ def _lora_differences(checkpoint: Path, cfg) -> list[str]:
     if not config.is_file():
         return []
     saved = json.loads(config.read_text())
-    return [f"{name} {saved.get(key)!r} there, {value!r} now" for name, key, value, same in (
+    return [f"{name} {saved.get(key)!r} -> {value!r}" for name, key, value, same in (
         ("TARGET_MODULES", "target_modules", cfg.TARGET_MODULES,  # a regex string or all-linear: not compared
          not isinstance(saved.get("target_modules"), list) or cfg.TARGET_MODULES == ["all-linear"]
          or sorted(saved["target_modules"]) == sorted(cfg.TARGET_MODULES)),
@@ -251,24 +240,12 @@ def _lora_differences(checkpoint: Path, cfg) -> list[str]:
         ("LORA_ALPHA", "lora_alpha", cfg.LORA_ALPHA, saved.get("lora_alpha") == cfg.LORA_ALPHA)) if not same]
 
 
-def finished_step(out: Path, trained_by: dict) -> int | None:
-    """The step at which an earlier run of these very settings finished training and saved OUTPUT_DIR/adapter
-    (it was then stopped, e.g. killed during the evaluation): None when training is still to do."""
-    path = out / "adapter" / "training_info.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    same = isinstance(saved, dict) and saved.get("trained_by") == json.loads(json.dumps(trained_by))
-    return saved.get("finished_at_step") if same else None
-
-
-def resume_point(checkpoint_dir: Path, cfg) -> str | None:
-    """The newest checkpoint to resume from, checked against this run's settings (None: start fresh, or training
-    already finished)."""
+def resume_point(checkpoint_dir: Path, cfg, plan) -> str | None:
+    """The newest checkpoint to resume from, checked against this run's settings and plan (None: start fresh, or
+    training already finished)."""
     checkpoint = last_checkpoint(checkpoint_dir)
-    check_resumable(checkpoint, cfg)
-    if finished_step(checkpoint_dir.parent, {name: getattr(cfg, name) for name in TRAINED_BY}) is not None:
+    check_resumable(checkpoint, cfg, plan)
+    if run_record.finished_step(checkpoint_dir.parent, run_record.trained_by("sft", cfg, plan)) is not None:
         return None
     if checkpoint:
         print(f"[train] resuming from {checkpoint} (delete {checkpoint_dir} to start over)")
@@ -276,24 +253,25 @@ def resume_point(checkpoint_dir: Path, cfg) -> str | None:
 
 
 def train(trainer, resume: str | None, out: Path, info: dict):
-    """trainer.train, resuming from `resume`; records the finishing step in `info` (saved with the adapter) and the
-    log in OUTPUT_DIR/log_history.json. A run whose adapter finished training with these settings is not trained
-    again: its adapter is loaded instead. Ctrl-C keeps the adapter so far and the checkpoints to resume from."""
+    """trainer.train, resuming from `resume`; the log goes to OUTPUT_DIR/log_history.json, and the run record `info`
+    next to the checkpoints. Returns transformers' TrainOutput, whose global_step is the step training finished at
+    (the final adapter's record keeps it: save_final_adapter). A run whose adapter finished training with these
+    weight settings is not trained again: its adapter is loaded instead. Ctrl-C keeps the adapter so far and the
+    checkpoints to resume from."""
     from medreason.config.distributed import is_main
     from medreason.config.errors import set_run_context
     from medreason.model.for_training import save_adapter
     set_run_context(step="4. train")
-    if (step := finished_step(out, info["trained_by"])) is not None:
-        return reuse_finished_adapter(trainer, out, info, step)
+    if (step := run_record.finished_step(out, info["trained_by"], say="train")) is not None:
+        return reuse_finished_adapter(trainer, out, step)
     checkpoint_dir = Path(trainer.args.output_dir)
     if is_main():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (checkpoint_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")  # read by check_resumable
+        run_record.write(checkpoint_dir, info)  # read by check_resumable
     try:
         result = trainer.train(resume_from_checkpoint=resume)
         if stopped := report_early_stop(trainer):
             print(stopped)
-        info["finished_at_step"] = trainer.state.global_step
         if is_main():
             (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         return result
@@ -306,25 +284,26 @@ def train(trainer, resume: str | None, out: Path, info: dict):
                          f"{checkpoint_dir}.") from None
 
 
-def save_final_adapter(trainer, model, tokenizer, folder: Path, info: dict) -> Path:
-    """The trained adapter into OUTPUT_DIR/adapter, by the main process, while the others wait. Under FSDP each
-    process holds a shard of it: the Trainer's save_model gathers it (every process takes part; the config's
-    FULL_STATE_DICT), then the main process adds the tokenizer and training_info.json."""
+def save_final_adapter(trainer, model, tokenizer, folder: Path, info: dict, finished_at_step: int) -> Path:
+    """The trained adapter into OUTPUT_DIR/adapter, by the main process, while the others wait, its run record
+    marked finished at `finished_at_step` (train's TrainOutput.global_step). Under FSDP each process holds a shard of
+    it: the Trainer's save_model gathers it (every process takes part; the config's FULL_STATE_DICT), then the main
+    process adds the tokenizer and training_info.json."""
     from medreason.config import distributed
     from medreason.model.for_training import save_adapter, write_training_info
     if distributed.uses_fsdp():
         trainer.save_model(str(folder))
         if distributed.is_main():
             tokenizer.save_pretrained(folder)
-            write_training_info(folder, info)
+            write_training_info(folder, info, finished_at_step)
     elif distributed.is_main():
-        folder = save_adapter(model, tokenizer, folder, info)
+        folder = save_adapter(model, tokenizer, folder, info, finished_at_step)
     print(f"[save] adapter and tokenizer -> {folder}")
     distributed.wait()
     return Path(folder)
 
 
-def reuse_finished_adapter(trainer, out: Path, info: dict, step: int):
+def reuse_finished_adapter(trainer, out: Path, step: int):
     """Load the finished adapter's weights (and its training log) into the trainer's model instead of training."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -335,7 +314,6 @@ def reuse_finished_adapter(trainer, out: Path, info: dict, step: int):
     history = out / "log_history.json"
     trainer.state.log_history = json.loads(history.read_text()) if history.is_file() else []
     trainer.state.global_step = step
-    info["finished_at_step"] = step
     train_loss = next((e["train_loss"] for e in reversed(trainer.state.log_history) if "train_loss" in e), None)
     return TrainOutput(step, train_loss, {})
 
