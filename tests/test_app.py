@@ -29,12 +29,18 @@ SCREENSHOT = ROOT / "docs" / "app_screenshot.png"
 
 @pytest.fixture(scope="module")
 def parrot_adapter(tmp_path_factory, tokenizer):
-    """An adapter saved by the project's save_adapter, with training_info.json naming its base and prompt."""
+    """An adapter saved by the project's save_adapter, with the run record the trainer writes (sft.run_info: its
+    base, prompt and the settings this loop trained with)."""
+    import types
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
+    import medical_fine_tuning
+    from medreason.config.run_plan import Plan
+    from medreason.config.settings import collect
     from medreason.model.for_training import save_adapter
     from medreason.answers.prompts import generation_prompt, get_style
+    from medreason.train import sft
     torch.manual_seed(0)
     # initializer_range 0.2 (not 0.02): embeddings large enough for the LoRA layers to make confident predictions
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -58,8 +64,13 @@ def parrot_adapter(tmp_path_factory, tokenizer):
         model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return save_adapter(model, tokenizer, folder / "adapter", {
-        "model_name": str(folder / "base"), "prompt_style": style.name, "system_prompt": SYSTEM_PROMPT})
+    cfg = types.SimpleNamespace(**{  # the script's constants, then what this loop did
+        **collect(vars(medical_fine_tuning)), "MODEL_NAME": str(folder / "base"), "PROMPT_STYLE": style.name,
+        "MAX_SEQ_LENGTH": 512, "BATCH_SIZE": 1, "GRAD_ACCUM": 1, "MAX_STEPS": 120,
+        "LEARNING_RATE": 1e-2, "LR_SCHEDULER": "constant", "WARMUP_STEPS": 0, "WEIGHT_DECAY": 0.0, "LORA_R": 16,
+        "LORA_ALPHA": 32, "LORA_DROPOUT": 0.0, "TARGET_MODULES": "all-linear", "SEED": 0})
+    info = sft.run_info(cfg, Plan("transformers", "cpu", "fp32", False, "adamw_torch"), style)
+    return save_adapter(model, tokenizer, folder / "adapter", info, finished_at_step=120)
 
 
 @pytest.fixture(scope="module")
@@ -141,19 +152,38 @@ def test_the_budget_is_cut_to_what_the_context_leaves(loaded):
 
 
 def test_closing_the_stream_stops_the_generation(loaded):
+    """Closing the stream (Gradio's stop button, a closed tab) abandons the answer at its next token. Counted, not
+    timed: the model's forward passes (one per generated token) are observed by a hook on its input embeddings, which
+    also holds the answer's thread before its next pass while the stream closes, so a loaded machine cannot blur it."""
     from medreason.serve import webchat
     from medreason.answers.generation import GREEDY
     budget = webchat.Budget(150, 0, 32, False)
     unknown = "Something the parrot never heard?"  # it rambles until the budget runs out
-    start = time.monotonic()
     *_, (_, whole) = webchat.stream_answer(loaded, unknown, budget, GREEDY)
-    full = time.monotonic() - start
-    assert whole.tokens == 150, whole.text
-    start = time.monotonic()
-    stream = webchat.stream_answer(loaded, unknown, budget, GREEDY)
-    next(stream)
-    stream.close()  # what Gradio does on the stop button or a closed tab
-    assert time.monotonic() - start < full / 2  # abandoned at the next token, not finished
+    assert whole.tokens == 150, whole.text  # left alone, it writes the whole budget
+
+    passes, armed, held, release, stop = [], threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    def count_and_hold(module, args):
+        # Held once: at the first pass after the test saw the first words, at the latest 10 tokens before the end.
+        if not held.is_set() and (armed.is_set() or len(passes) >= budget.max_new_tokens - 10):
+            held.set()
+            release.wait(timeout=120)
+        passes.append(1)
+
+    hook = loaded.model.get_input_embeddings().register_forward_pre_hook(count_and_hold)
+    try:
+        stream = webchat.stream_answer(loaded, unknown, budget, GREEDY, stop=stop)
+        next(stream)  # the first words arrived; the answer's thread goes on
+        armed.set()
+        assert held.wait(timeout=120)
+        at_close = len(passes)
+        threading.Thread(target=lambda: stop.wait() and release.set(), daemon=True).start()  # let it run on, stopped
+        stream.close()  # what Gradio does on the stop button or a closed tab
+    finally:
+        release.set()
+        hook.remove()
+    assert at_close < budget.max_new_tokens and len(passes) - at_close <= 1  # the pass under way, then no more
     assert not [t for t in threading.enumerate() if t.name == "answer"]  # the model is free for the next question
 
 

@@ -1,6 +1,7 @@
 """Base vs tuned evaluation: perplexity, bootstrap intervals, the comparison, the report, evaluate.py."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from medreason.answers.choices import extract_choice
 from medreason.evaluate import comparison, report
 from medreason.config.errors import UserError
 from medreason.answers.prompts import get_style, to_conversation, tokenize_example
@@ -121,15 +123,34 @@ def test_evaluate_script_on_a_medmcqa_slice(tiny_adapter, tmp_path):
         pytest.skip(f"MedMCQA rows not found at {MEDMCQA}")
     out = tmp_path / "medmcqa"
     result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--adapter", str(tiny_adapter), "--data",
-                             str(MEDMCQA), "--limit", "4", "--max-new-tokens", "6", "--output", str(out)],
+                             str(MEDMCQA), "--limit", "3", "--max-new-tokens", "6", "--output", str(out)],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     saved = json.loads((out / "results.json").read_text())
     assert saved["kind"] == "mcq"
+    # The report shows all 3 answers of each model: the accuracy and extraction rate are those of these answers,
+    # each letter taken by the project's extractor and checked against the row's answer.
+    options = {row["question"]: row["options"] for row in map(json.loads, MEDMCQA.read_text().splitlines())}
+    shown = report_answers((out / "report.md").read_text())
+    assert len(shown) == 3
     for model in ("base", "tuned"):
         assert {"accuracy", "extraction_rate", "format_compliance"} <= set(saved[model])
-        assert saved[model]["accuracy"]["n"] == 4 and 0 <= saved[model]["accuracy"]["value"] <= 1
-    assert "accuracy" in (out / "report.md").read_text()
+        letters = [extract_choice(answers[model], options[question], STYLE) for question, _, answers in shown]
+        assert saved[model]["accuracy"]["n"] == 3
+        assert saved[model]["accuracy"]["value"] == pytest.approx(
+            sum(letter == right for letter, (_, right, _) in zip(letters, shown)) / 3)
+        assert saved[model]["extraction_rate"]["value"] == pytest.approx(sum(x is not None for x in letters) / 3)
+
+
+def report_answers(text: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(question, correct letter, {model: answer}) of each example in report.md's side-by-side section."""
+    examples = []
+    for block in text.split("### Example ")[1:]:
+        question = re.search(r"\*\*Question:\*\* (.*)", block).group(1)
+        right = re.search(r"\*\*Reference:\*\* ([A-Z])\.", block).group(1)
+        answers = dict(re.findall(r"\*\*(Base|Tuned):\*\*\n\n```text\n(.*?)\n```", block, re.S))
+        examples.append((question, right, {name.lower(): answer for name, answer in answers.items()}))
+    return examples
 
 
 def test_evaluate_script_says_where_the_rows_are_missing(tiny_adapter):

@@ -104,17 +104,63 @@ def test_batch_mode_end_to_end_on_a_trained_adapter(tiny_adapter, tmp_path):
                                                                           "What is gout?"]) + "\n")
     output = tmp_path / "answers.jsonl"
     result = run_inference("--adapter", str(tiny_adapter), "--input", str(questions), "--output", str(output),
-                           "--max-new-tokens", "6", "--max-continuations", "1", "--continuation-tokens", "3")
+                           "--max-new-tokens", "6", "--max-continuations", "1", "--continuation-tokens", "3",
+                           "--engine", "batched")
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["question"] for r in rows] == ["What is anaemia?", "Why test TSH?", "What is gout?"]
     for row in rows:
         assert {"question", "thinking", "response", "status", "tokens", "seconds", "continuations"} <= set(row)
-        assert row["status"] in {"complete", "think_unclosed", "response_missing", "response_unclosed", "no_tags",
-                                 "malformed", "looping"}
         assert 0 < row["tokens"] <= 9 and row["seconds"] > 0
+    # Each row is the answer the library gives the same adapter, asked the same way: text, status, repairs.
+    assert [without_time(r) for r in rows] == answers_in_process(tiny_adapter, [r["question"] for r in rows], 6,
+                                                                 max_continuations=1, continuation_tokens=3)
     incomplete = sum(r["status"] != "complete" for r in rows)
     assert result.returncode == (3 if incomplete else 0), result.stdout[-2000:]
     assert f"{incomplete} incomplete" in result.stdout
+
+
+def without_time(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
+def answers_in_process(folder, questions, max_new_tokens, **options) -> list[dict]:
+    """What answering.answer_all gives for these questions (greedy, batched generate, batch size 8, as inference.py
+    does by default), as inference.py's rows less their timing."""
+    loaded = for_inference.load(str(folder))
+    return [without_time(a.as_row()) for a in answering.answer_all(
+        loaded.model, loaded.tokenizer, questions, loaded.style, max_new_tokens, 8, engine="batched", **options)]
+
+
+def test_a_merged_model_folder_is_answered_and_evaluated_as_its_adapter(tiny_adapter, tiny_model_dir, tmp_path):
+    """SAVE_MERGED's folder (peft's merge_and_unload via the project's exporter) in inference.py and evaluate.py:
+    the same answers as the adapter it came from, and evaluate.py says why it needs --no-base."""
+    from medreason.model import exports
+    merged = exports.merge_adapter(str(tiny_model_dir), tiny_adapter, tmp_path / "merged")
+    assert not (merged / "adapter_config.json").exists() and (merged / "config.json").is_file()
+    questions = tmp_path / "questions.jsonl"
+    asked = ["What is anaemia?", "What is gout?"]
+    questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in asked))
+    output = tmp_path / "answers.jsonl"
+    result = run_inference("--adapter", str(merged), "--input", str(questions), "--output", str(output),
+                           "--max-new-tokens", "8", "--max-continuations", "0", "--engine", "batched")
+    assert result.returncode in (0, 3) and f"[load] model {merged}" in result.stdout, result.stdout[-2000:]
+    rows = [without_time(json.loads(line)) for line in output.read_text().splitlines()]
+    assert rows == answers_in_process(tiny_adapter, asked, 8, max_continuations=0)
+
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps({"Question": q, "Complex_CoT": "c", "Response": "r"}) + "\n"
+                                 for q in asked))
+    evaluate = [sys.executable, str(ROOT / "evaluate.py"), "--adapter", str(merged), "--data", str(rows_file),
+                "--max-new-tokens", "8", "--output", str(tmp_path / "evaluation")]
+    refused = subprocess.run(evaluate, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             timeout=600)
+    assert refused.returncode == 1 and f"error: {merged} is a merged model" in refused.stdout
+    assert "Fix: pass the adapter folder, or --no-base." in refused.stdout
+    scored = subprocess.run(evaluate + ["--no-base"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=600)
+    assert scored.returncode == 0, scored.stdout[-3000:]
+    saved = json.loads((tmp_path / "evaluation" / "results.json").read_text())
+    assert "base" not in saved and saved["tuned"]["rouge_l"]["n"] == 2 and saved["tuned"]["perplexity"]["n"] == 2
 
 
 def test_loading_errors_say_the_fix(tmp_path, tiny_adapter):

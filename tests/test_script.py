@@ -1,12 +1,18 @@
 """medical_fine_tuning.py run as a user runs it: errors first, then real end-to-end runs on the embedded model."""
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from conftest import ROOT, SHARED_SAMPLE, run_script
+from medreason.answers.tags import parse_answer
 
 FAKE_TOKEN = "hf_FAKEtokenThatMustNeverBeWritten0123456789"
 
@@ -33,18 +39,39 @@ def lora_tensors(adapter_dir):
     return tensors
 
 
+def check_metrics_match_samples(out, style):
+    """results.json's figures are those of the answers in eval_samples.jsonl, recomputed here: each status is the
+    style's parse of its answer, ROUGE-L (rouge-score, stemmed) of each response against its reference, format
+    compliance as the share complete, and the status counts. Returns the samples."""
+    from rouge_score import rouge_scorer
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert samples and metrics["eval_samples"] == len(samples)
+    for s in samples:  # `ended` (stopped on its own or on the budget) is not saved: one of the two parses
+        parses = [parse_answer(s["answer"], style, ended=ended) for ended in (True, False)]
+        assert (s["status"], s["thinking"], s["response"]) in {(p.status, p.thinking, p.response) for p in parses}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(s["reference"], s["answer"] if s["status"] == "no_tags" else s["response"])["rougeL"].fmeasure
+             for s in samples]
+    assert metrics["rouge_l"] == pytest.approx(sum(rouge) / len(rouge))
+    assert metrics["format_compliance"] == pytest.approx(sum(s["status"] == "complete" for s in samples) / len(samples))
+    assert metrics["answer_statuses"] == dict(Counter(s["status"] for s in samples))
+    return samples
+
+
 def check_run_folder(out, eval_samples):
     results = json.loads((out / "results.json").read_text())
     metrics = results["metrics"]
     for name in ("rouge_l", "format_compliance", "eval_loss"):
         assert isinstance(metrics[name], float), name
-    assert 0.0 <= metrics["rouge_l"] <= 1.0 and 0.0 <= metrics["format_compliance"] <= 1.0
+    samples = check_metrics_match_samples(out, json.loads((out / "adapter" / "training_info.json").read_text())
+                                          ["prompt_style"])
+    assert metrics["rouge_l"] == results["evaluation"]["tuned"]["rouge_l"]["value"]
     assert {"settings", "versions", "timings_s"} <= set(results)
     assert results["versions"]["trl"] and results["timings_s"]["train"] > 0
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
         p.name for p in (out / "adapter").iterdir()}
-    lines = (out / "eval_samples.jsonl").read_text().splitlines()
-    assert len(lines) == eval_samples and {"question", "answer", "status", "reference"} <= set(json.loads(lines[0]))
+    assert len(samples) == eval_samples and {"question", "answer", "status", "reference"} <= set(samples[0])
     return results
 
 
@@ -154,9 +181,88 @@ def test_the_full_default_demo_teaches_the_answer_form(tmp_path):
 @pytest.mark.e2e
 def test_the_web_page_answers_with_the_demo_adapter_offline(demo_run):
     """The page's handler on the adapter the demo just trained (what `python app.py --adapter ...` serves)."""
+    import html
+    from medreason.answers.answering import answer_batch
+    from medreason.answers.generation import Sampling
+    from medreason.answers.prompts import DISCLAIMER
+    from medreason.answers.streaming import UNREADABLE
     from medreason.model import for_inference
     from medreason.serve import webchat
-    from medreason.answers.prompts import DISCLAIMER
     loaded = for_inference.load(str(demo_run[0] / "adapter"))
-    messages = list(webchat.make_responder(loaded, 0, 32)("What is gout?", [], 24, False, 0.6, 0.95, 1.0))[-1]
+    question = "What is gout?"
+    messages = list(webchat.make_responder(loaded, 0, 32)(question, [], 24, False, 0.6, 0.95, 1.0))[-1]
     assert messages and messages[-1].content.endswith(f"*{DISCLAIMER}*")
+    # The page shows the model's own answer (the same greedy answer answer_batch gives), not the disclaimer alone.
+    expected, = answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style, 24,
+                             sampling=Sampling(False, 0.6, 0.95, 1.0), max_continuations=0, engine="batched")
+    page = "\n".join(m.content for m in messages)
+    parts = ([html.escape(expected.text, quote=False)] if expected.status in UNREADABLE
+             else [p for p in (expected.thinking, expected.response) if p])
+    assert parts and all(p in page for p in parts), (expected, page)
+
+
+# --- what the trainer does when a run ends otherwise: a failed export (exit 5), Ctrl-C; the preference stage's demo --
+
+TINY_RUN = ["--BACKEND=transformers", "--DATASET=demo", "--VAL_SIZE=2", "--EVAL_STEPS=0", "--EVAL_SAMPLES=1",
+            "--MAX_NEW_TOKENS=4", "--MAX_SEQ_LENGTH=256", "--REPORT_TO=none", "--TARGET_MODULES=q_proj,v_proj"]
+
+
+@pytest.mark.e2e
+def test_a_failed_export_exits_with_status_5_and_keeps_the_adapter(tiny_model_dir, tmp_path):
+    """README: a failed export is reported (exit status 5) without costing the adapter. The merged folder's
+    config.json is taken by a folder, so the real merge fails writing it (as root too, unlike a read-only folder)."""
+    out = tmp_path / "run"
+    (out / "merged" / "config.json").mkdir(parents=True)
+    result = run_script(f"--MODEL_NAME={tiny_model_dir}", *TINY_RUN, "--MAX_STEPS=1", "--SAVE_STEPS=1",
+                        f"--OUTPUT_DIR={out}", "--SAVE_MERGED=True", timeout=600)
+    assert result.returncode == 5, result.stdout[-3000:]
+    assert "[export] merged 16-bit model FAILED (IsADirectoryError" in result.stdout
+    assert f"The adapter in {out / 'adapter'} is saved" in result.stdout
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "results.json").is_file()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_during_training_keeps_the_adapter_so_far(tiny_model_dir, tmp_path):
+    """SIGINT (Ctrl-C) to a real training run, once its second step is logged: the adapter so far goes to
+    OUTPUT_DIR/adapter-interrupted with its run record, the checkpoints stay, and the run says how to resume."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "medical_fine_tuning.py"), f"--MODEL_NAME={tiny_model_dir}", *TINY_RUN,
+         "--MAX_STEPS=2000", "--SAVE_STEPS=1", "--SAVE_TOTAL_LIMIT=2", "--LOGGING_STEPS=1", f"--OUTPUT_DIR={out}"],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in process.stdout:  # the trainer's log of its second step: the first one's checkpoint is saved
+        seen.append(line)
+        if sum("'loss':" in line for line in seen) == 2:
+            break
+    process.send_signal(signal.SIGINT)
+    output = "".join(seen) + process.communicate(timeout=300)[0]
+    assert process.returncode == 1, output[-3000:]
+    stopped = re.search(r"\[train\] interrupted at step (\d+): adapter so far saved to (\S+)\. Run the same command "
+                        r"again to resume from the newest checkpoint in (\S+)\.", output)
+    assert stopped, output[-3000:]
+    step, saved = int(stopped.group(1)), Path(stopped.group(2))
+    assert 2 <= step < 2000 and saved == out / "adapter-interrupted" and Path(stopped.group(3)) == out / "checkpoints"
+    assert (saved / "adapter_model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
+    record = json.loads((saved / "training_info.json").read_text())
+    assert record["model_name"] == str(tiny_model_dir) and "finished_at_step" not in record  # not a finished adapter
+    assert not (out / "adapter").exists() and list((out / "checkpoints").glob("checkpoint-*"))
+
+
+@pytest.mark.e2e
+def test_plain_preference_tuning_starts_the_sft_demo_when_it_has_no_adapter(tmp_path):
+    """`python preference_tuning.py` on a CPU, in a folder with no SFT demo yet, runs the trainer's demo as a user
+    would (python medical_fine_tuning.py, which prints its own DEMO MODE line) before anything else. Checked up to
+    that start: here the demo's OUTPUT_DIR is taken by a file, so the demo stops early and the stage says so."""
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "demo-smollm2-135m").write_text("in the way\n")
+    result = subprocess.run([sys.executable, str(ROOT / "preference_tuning.py")], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+    trainer = ROOT / "medical_fine_tuning.py"
+    assert (f"[sft] outputs/demo-smollm2-135m/adapter is missing: training the SFT demo first ({trainer}; "
+            in result.stdout), result.stdout[-3000:]
+    after = result.stdout.split("training the SFT demo first", 1)[1]
+    assert "DEMO MODE" in after and "outputs/demo-smollm2-135m" in after  # the trainer's own demo, to that folder
+    assert result.returncode == 1 and f"error: the SFT demo ({trainer}) failed; its output is above" in result.stdout

@@ -4,14 +4,16 @@ import json
 
 import pytest
 from datasets import Dataset
+from safetensors.torch import load_file
 
 from conftest import run_script
-from medreason.data import readers
+from medreason.data import layouts, readers
 from medreason.train import preflight, sft
 from medreason.config.errors import UserError
 from medreason.model.for_training import load_for_training
 from medreason.answers.prompts import PROMPT_STYLES, generation_prompt, get_style, to_example, tokenize_example
-from medreason.answers.tags import STATUSES, parse_answer
+from medreason.answers.tags import parse_answer
+from test_script import check_metrics_match_samples
 from test_training import CPU_PLAN, settings
 
 ROW = {"Question": "A 60-year-old has crushing chest pain. First test?",
@@ -117,7 +119,7 @@ def test_instruction_and_chat_layouts_load_as_rows(tmp_path):
         {"messages": [{"role": "user", "content": "First test?"}, {"role": "assistant", "content": "An ECG."}]}])
     assert readers.validate(readers.load_records(chat), chat)[0] == [
         {"Question": "First test?", "Complex_CoT": "", "Response": "An ECG."}]
-    assert readers.detect_layout(readers.load_records(chat), chat) == "messages"
+    assert layouts.detect(readers.load_records(chat), chat) == layouts.MESSAGES
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -159,7 +161,8 @@ def test_each_style_trains_and_evaluates_end_to_end_on_the_embedded_model(name, 
     assert result.returncode == 0, result.stdout[-3000:]
     info = json.loads((out / "adapter" / "training_info.json").read_text())
     assert info["prompt_style"] == name and info["system_prompt"] == get_style(name).system_prompt
-    metrics = json.loads((out / "results.json").read_text())["metrics"]
-    assert 0.0 <= metrics["format_compliance"] <= 1.0 and sum(metrics["answer_statuses"].values()) == 2
-    samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 and {s["status"] for s in samples} <= set(STATUSES)
+    # Trained: LoRA B matrices start at zero, so non-zero ones show the optimizer moved the adapter.
+    lora_b = {k: v for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k}
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values())
+    # Evaluated in this style: each answer parsed by its parser, and the figures are those of these answers.
+    assert len(check_metrics_match_samples(out, name)) == 2

@@ -88,10 +88,10 @@ def _queue_streamer(tokenizer, pieces: queue.Queue, stop: threading.Event):
     return QueueStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def stream_answer(loaded, question: str, budget: Budget, sampling: Sampling):
+def stream_answer(loaded, question: str, budget: Budget, sampling: Sampling, stop: threading.Event | None = None):
     """Yields (split so far, None) as text arrives, then (final split, the Answer). answer_batch runs in a thread;
-    closing this generator stops it."""
-    pieces, stop, outcome = queue.Queue(), threading.Event(), {}
+    closing this generator stops it at the next token, as does setting `stop` (from any thread; closing sets it)."""
+    pieces, stop, outcome = queue.Queue(), stop or threading.Event(), {}
     streamer = _queue_streamer(loaded.tokenizer, pieces, stop)
 
     def work():
@@ -179,7 +179,7 @@ def answer_messages(loaded, question: str, budget: Budget, sampling: Sampling):
 def emergency_messages(question: str) -> list:
     """The emergency line (medreason/evaluate/safety.py) as the first message, for a question about an emergency; else []."""
     import gradio as gr
-    from medreason.evaluate.safety import emergency_line
+    from medreason.answers.emergency import emergency_line
     line = emergency_line(question)
     return [gr.ChatMessage(content=f"**{line}**")] if line else []
 
