@@ -155,8 +155,9 @@ def main(argv):
     clock.lap("evaluate")
     if not distributed.is_main():  # everything from here on is written by the main process alone
         return {}, True, True
-    results_path, metrics = write_run(out, cfg, plan, clock.timings(), comparison, eval_loss,
-                                      train_result.training_loss, sample, prepared.val_rows, prepared.info, style)
+    results_path, metrics = write_run(out, cfg=cfg, plan=plan, timings=clock.timings(), comparison=comparison,
+                                      eval_loss=eval_loss, train_loss=train_result.training_loss, sample=sample,
+                                      val_rows=prepared.val_rows, data_info=prepared.info, style=style)
 
     # 7. Publish, then exports: the adapter is on disk, and no export can cost the push.
     pushed = hub.publish(out, push_plan)

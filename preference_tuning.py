@@ -147,7 +147,8 @@ def ensure_sft_adapter(cfg, origins) -> None:
 
 def main(argv):
     from medreason.config import errors, run_plan, settings, tracking
-    from medreason.evaluate import judging, stage_report
+    from medreason.evaluate import judging
+    from medreason.publish import hub
     from medreason.preference import dpo, pairs as preference
     from medreason.evaluate.results import Clock, write_results
 
@@ -221,7 +222,7 @@ def main(argv):
     metrics = dpo.run_metrics(comparison, counts, trainer.state.log_history, train_result.training_loss)
     results = write_results(out / "results.json", metrics, vars(cfg), plan, clock.timings(),
                             {"pairs": counts, "stages": info["stages"], "evaluation": comparison})
-    card = stage_report.write_card(out, info, counts, comparison)
+    card = hub.write_card(out)  # the card publish.py uploads: this stage's evaluation, every stage named
     tracking.finish(metrics)
     print_summary(out, clock, adapter_dir, results, card, metrics, cfg)
     return metrics

@@ -110,7 +110,7 @@ def place_output(cfg, origins) -> None:
 
 def main(argv):
     from medreason.config import errors, run_plan, settings, tracking
-    from medreason.evaluate import stage_report
+    from medreason.publish import hub
     from medreason.preference import pairs
     from medreason.rl import grpo, rewards
     from medreason.preference.dpo import for_training, load_policy, sft_facts, sft_style, sft_tokenizer
@@ -188,7 +188,7 @@ def main(argv):
     results = write_results(out / "results.json", metrics, vars(cfg), plan, clock.timings(),
                             {"questions": counts, "stages": info["stages"], "evaluation": comparison,
                              "step_times": timer.steps})
-    card = stage_report.write_rl_card(out, info, counts, comparison)
+    card = hub.write_card(out)  # the card publish.py uploads: this stage's evaluation, every stage named
     tracking.finish(metrics)
     print_summary(out, clock, adapter_dir, results, card, metrics, cfg)
     return metrics

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from medreason.evaluate import stage_report
+from medreason.evaluate import report
 from medreason.preference import dpo, pairs as preference
 from medreason.config.errors import UserError
 from medreason.evaluate.judging import ReferenceJudge, Verdict
@@ -212,7 +212,7 @@ def test_dpo_moves_the_lora_weights_and_widens_the_margin_on_its_pairs(tiny_adap
     assert all(torch.equal(snapshot[n], now[n]) for n in snapshot if f".{dpo.REFERENCE}." in n)  # ref frozen
     assert before == pytest.approx(0.0, abs=1e-6)  # policy == reference before training
     assert after > before + 0.05, (before, after)
-    first, last = stage_report.margins(trainer.state.log_history)
+    first, last = report.margins(trainer.state.log_history)
     assert last > first
 
 

@@ -322,4 +322,4 @@ def test_the_whole_stage_runs_on_the_embedded_model(tmp_path):
     assert "| metric | SFT | RL | difference |" in report and "## Rewards during training" in report
     assert (out / "evaluation" / "reward_curves.png").is_file()
     card = (out / "model_card.md").read_text()
-    assert "## Training: 2 stages" in card and "**SFT**" in card and "**RL**" in card
+    assert "## Training: two stages" in card and "**SFT**" in card and "**RL**" in card

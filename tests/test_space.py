@@ -15,18 +15,16 @@ from medreason.publish import space
 from medreason.model.embedded import EMBEDDED_HUB_ID
 from medreason.config.errors import UserError
 from medreason.publish.hub import PushPlan
-from medreason.evaluate.results import write_results
-from medreason.config.run_plan import Plan
 
 ADAPTER_ID, SPACE_ID = "me/medical-lora", "me/medical-chat"
 
 
 @pytest.fixture
-def run_dir(tmp_path, tiny_adapter):
-    """A finished run folder: the trainer's adapter and a results.json."""
+def run_dir(tmp_path, tiny_adapter, demo_rows):
+    """A finished run folder: the trainer's adapter and what results.write_run writes beside it."""
+    from test_publishing import write_sft_run
     shutil.copytree(tiny_adapter, tmp_path / "adapter")
-    write_results(tmp_path / "results.json", {"eval_samples": 2}, {"MODEL_NAME": "tiny", "DATASET": "rows.jsonl"},
-                  Plan("transformers", "cpu", "fp32", False, "adamw_torch"), {"train": 1.0})
+    write_sft_run(tmp_path, demo_rows[:2], MODEL_NAME="tiny", DATASET="rows.jsonl")
     return tmp_path
 
 

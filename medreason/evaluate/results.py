@@ -54,9 +54,12 @@ def write_results(path: Path, metrics: dict, settings: dict, plan, timings: dict
     return path
 
 
-def write_run(out: Path, cfg, plan, timings: dict, comparison: dict, eval_loss, train_loss, sample, val_rows,
+def write_run(out: Path, *, cfg, plan, timings: dict, comparison: dict, eval_loss, train_loss, sample, val_rows,
               data_info: dict, style="think_response") -> tuple[Path, dict]:
-    """results.json (the tuned model's metrics first), eval_samples.jsonl and validation.jsonl of a training run."""
+    """results.json (the tuned model's metrics first), eval_samples.jsonl and validation.jsonl of a training run.
+    Keyword-only: cfg (the resolved settings), plan (config/run_plan.Plan), timings (Clock.timings()), comparison
+    ({"base", "tuned"}: evaluate/comparison.ModelAnswers, or {} when nothing was evaluated), eval_loss and train_loss,
+    sample (the rows answered), val_rows (the held-out rows), data_info (the data step's counts), style."""
     from medreason.evaluate.metrics import status_counts
     from medreason.evaluate.report import metrics_json
     tuned = comparison.get("tuned")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from medreason.config.errors import UserError
-from medreason.evaluate.stage_report import comparison_json, margins, write_report
+from medreason.evaluate.report import dpo_comparison, margins, write_dpo_report
 
 POLICY, REFERENCE = "default", "ref"  # trl's names for the trained adapter and the frozen copy it makes
 
@@ -285,11 +285,11 @@ def evaluate(model, tokenizer, questions, kind: str, style, cfg, plan, base: str
     if judge is None or (isinstance(judge, ModelJudge) and judge.model is None):
         judge = load_judge(cfg, plan, style, model, tokenizer, base)
     win = win_rate(judge, questions, results, style)
-    report = write_report(out / "evaluation", results, win, questions,
-                          {"data": cfg.DATASET or "the SFT run's validation.jsonl", "kind": kind,
-                           "max_new_tokens": cfg.MAX_NEW_TOKENS}, log_history)
+    report = write_dpo_report(out / "evaluation", results, win, questions,
+                              {"data": cfg.DATASET or "the SFT run's validation.jsonl", "kind": kind,
+                               "max_new_tokens": cfg.MAX_NEW_TOKENS}, log_history)
     print(f"[evaluate] SFT vs DPO -> {report}")
-    return comparison_json(results, win)
+    return dpo_comparison(results, win)
 
 
 def run_metrics(comparison: dict | None, counts: dict, log_history: list[dict], train_loss) -> dict:

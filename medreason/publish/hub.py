@@ -127,23 +127,85 @@ def _read_run_json(path: Path, needed: tuple[str, ...]) -> dict:
     return data
 
 
-def _evaluation_table(evaluation: dict | None) -> tuple[str, str]:
-    if not evaluation or "tuned" not in evaluation:
+METRIC_NOTES = {  # the card's sentence on each metric of the evaluation table, and its model-index name
+    "rouge_l": ("rougeL", "ROUGE-L F of the answer part", "ROUGE-L is of the answer part (the reasoning left out) "
+                "against the reference answer"),
+    "format_compliance": ("format_compliance", "answers complete in the trained layout", "format compliance is the "
+                          "share of answers complete in the layout described above"),
+    "perplexity": ("perplexity", "reference-answer perplexity", "perplexity is of the reference answers (lower is "
+                   "better)"),
+    "accuracy": ("accuracy", "accuracy, one extracted option", "accuracy counts an answer with no single extractable "
+                 "option as wrong"),
+    "extraction_rate": ("extraction_rate", "answers with one extractable option", "extraction rate is the share of "
+                        "answers naming one option"),
+}
+COMPARED_WITH = {"base": ("base model", "base model (adapter disabled)"),
+                 "sft": ("SFT adapter", "the SFT adapter this stage started from")}
+
+
+def _evaluation_table(evaluation: dict | None, stage) -> tuple[str, str]:
+    """The card's evaluation: the stage's own model against the one it started from, from results.json's table."""
+    from medreason.evaluate.report import metrics_table
+    if not evaluation or stage.after not in evaluation:
         return "No evaluation was run for this adapter.", ""
-    rows = ["| metric | base model | this adapter | difference |", "| --- | --- | --- | --- |"]
-    for name, tuned in evaluation["tuned"].items():
-        base = evaluation.get("base", {}).get(name)
-        cell = lambda m: f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"  # noqa: E731
-        diff = evaluation.get("difference", {}).get(name)
-        rows.append(f"| {name} | {cell(base) if base else 'n/a'} | {cell(tuned)} | "
-                    f"{'n/a' if diff is None else f'{diff:+.3f}'} |")
-    n = next(iter(evaluation["tuned"].values()))["n"]
-    intro = (f"Measured after training on {n} held-out questions, base model (adapter disabled) against this adapter, "
-             f"same prompts, greedy decoding. Each cell is the value and its 95% bootstrap interval. ROUGE-L is of "
-             f"the `<response>` part against the reference answer; format compliance is the share of answers with "
-             f"a closed `<think>` block followed by a closed `<response>` block; perplexity is of the reference "
-             f"answers (lower is better).")
-    return intro, "\n".join(rows)
+    after = evaluation[stage.after]
+    header, described = COMPARED_WITH.get(stage.before, (stage.before, stage.before))
+    table = metrics_table(evaluation, (header, "this adapter"), list(after))
+    n = next(iter(after.values()))["n"]
+    notes = "; ".join(METRIC_NOTES[name][2] for name in after if name in METRIC_NOTES)
+    intro = (f"Measured after training on {n} held-out questions, {described} against this adapter, same prompts, "
+             f"greedy decoding. Each cell is the value and its 95% bootstrap interval. {notes[0].upper() + notes[1:]}."
+             if notes else "")
+    win = evaluation.get("judge_win_rate")
+    if win:
+        from medreason.evaluate.report import win_sentence
+        intro += " " + win_sentence(win)
+    return intro, table
+
+
+def answer_layout(info: dict, settings: dict):
+    """The answer style the adapter was trained with (answers/prompts.py): the card describes its layout."""
+    from medreason.answers.prompts import PROMPT_STYLES
+    name = info.get("prompt_style") or settings.get("PROMPT_STYLE") or "think_response"
+    return PROMPT_STYLES.get(name, PROMPT_STYLES["think_response"])
+
+
+def training_story(run_dir: Path, results: dict, info: dict, base: str, backend: str) -> tuple[str, str, str]:
+    """(the card's sentence on how the adapter was trained, the Training heading, its numbered stages)."""
+    from medreason.evaluate.report import STAGES, stage_of
+    stage, records = stage_of(results), info.get("stages") or results.get("stages") or []
+    if stage.name == "sft" or not records:
+        dataset = results["settings"].get("DATASET", "")
+        hub_dataset = _hub_dataset(dataset)
+        described = (f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset
+                     else f"the local file `{Path(dataset).name}`")
+        return (f"It was trained with the {PROJECT_NAME} project's `medical_fine_tuning.py` ({backend} backend, trl "
+                f"`SFTTrainer`) on {described}.", "Training", "")
+    words = {2: "two", 3: "three", 4: "four"}
+    count = words.get(len(records), str(len(records)))
+    names = " -> ".join(r["stage"].upper() for r in records)
+    lines = [f"{n}. " + (STAGES[r["stage"]].describe(r, results, info, base) if r["stage"] in STAGES
+                         else f"**{r['stage'].upper()}**") for n, r in enumerate(records, start=1)]
+    return (f"It was trained with the {PROJECT_NAME} project in {count} stages ({names}, {backend} backend), the "
+            f"last with `{stage.script}` (trl `{stage.trainer}`); each is described under Training below.",
+            f"Training: {count} stages", "\n".join(lines))
+
+
+def _hub_dataset(dataset: str) -> str | None:
+    return dataset if dataset and dataset.count("/") == 1 and not Path(dataset).exists() else None
+
+
+def data_summary(results: dict) -> str:
+    """The card's line on the rows the last stage trained and was measured on."""
+    data, pairs, questions = results.get("data") or {}, results.get("pairs"), results.get("questions")
+    if pairs:
+        return (f"{pairs.get('pairs', '?')} preference pairs" + (f" ({pairs.get('tie', 0)} ties and "
+                f"{pairs.get('near_tie', 0)} near-ties dropped)" if "tie" in pairs else "") + ".")
+    if questions:
+        return (f"{questions.get('train', '?')} training questions, {questions.get('held_out', '?')} held out; "
+                f"{questions.get('refused', 0)} refused as sharing text with a held-out or benchmark question.")
+    return (f"{data.get('train_rows', '?')} training rows, {data.get('val_rows', '?')} held out for validation; rows "
+            f"dropped in validation: {data.get('dropped') or 'none'}.")
 
 
 # --- exam benchmarks: one model-index entry per benchmark (the Hub shows them), and the table in the card ---------
@@ -183,37 +245,39 @@ def benchmark_section(benchmarks: dict | None) -> str:
             + benchmark_table(benchmarks))
 
 
-def render_card(run_dir: Path, repo_id: str):
+def render_card(run_dir: Path, repo_id: str, adapter_ref: str | None = None):
+    """The model card of a finished run of any stage (SFT, DPO, RL...), from its results.json, training_info.json
+    and adapter_config.json: the stage's own evaluation, its training, the answer layout it was trained to."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from medreason.evaluate.report import stage_of
     results, info, adapter_config = _run_facts(run_dir)
-    settings = results["settings"]
+    settings, stage = results["settings"], stage_of(results)
     base = EMBEDDED_HUB_ID if info.get("model_name") == EMBEDDED else adapter_config["base_model_name_or_path"]
-    dataset = settings.get("DATASET", "")
-    hub_dataset = dataset if dataset.count("/") == 1 and not Path(dataset).exists() else None
-    tuned = (results.get("evaluation") or {}).get("tuned", {})
-    metric_names = {"rouge_l": ("rougeL", "ROUGE-L F of the response"),
-                    "format_compliance": ("format_compliance", "closed <think> then <response>"),
-                    "perplexity": ("perplexity", "reference-answer perplexity")}
+    dataset = settings.get("DATASET") or ""
+    hub_dataset = _hub_dataset(dataset)
+    evaluation = results.get("evaluation") or {}
     eval_results = [EvalResult(task_type="text-generation", dataset_type=hub_dataset or "local",
-                               dataset_name=hub_dataset or Path(dataset).name, dataset_split="held-out validation",
-                               metric_type=metric_names[name][0], metric_name=metric_names[name][1],
-                               metric_value=round(metric["value"], 4))
-                    for name, metric in tuned.items() if name in metric_names]
+                               dataset_name=hub_dataset or Path(dataset).name or "held-out questions",
+                               dataset_split="held-out validation", metric_type=METRIC_NOTES[name][0],
+                               metric_name=METRIC_NOTES[name][1], metric_value=round(metric["value"], 4))
+                    for name, metric in evaluation.get(stage.after, {}).items() if name in METRIC_NOTES]
     benchmarks = read_benchmarks(run_dir)
     eval_results += benchmark_eval_results(benchmarks)
     backend = info.get("backend", results.get("plan", {}).get("backend", "transformers"))
+    style = answer_layout(info, settings)
+    stage_tags = [t for r in info.get("stages") or [] for t in [r["stage"]] if t != "sft"] + list(stage.tags)
     card_data = ModelCardData(
         base_model=base, library_name="peft", license=license_for(base), language=["en"],
         datasets=[hub_dataset] if hub_dataset else None, pipeline_tag="text-generation",
-        tags=["medical", "chain-of-thought", "reasoning", "lora", "sft", "trl", backend],
+        tags=list(dict.fromkeys(["medical", *(["chain-of-thought"] if style.reasoning else []), "reasoning", "lora",
+                                 "sft", *stage_tags, "trl", backend])),
         model_name=repo_id.split("/")[-1], eval_results=eval_results or None)
-    intro, table = _evaluation_table(results.get("evaluation"))
+    intro, table = _evaluation_table(evaluation, stage)
     table += benchmark_section(benchmarks)
-    data = results.get("data", {})
+    trained_how, training_heading, training_stages = training_story(run_dir, results, info, base, backend)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
-    shown = ["MODEL_NAME", "MAX_SEQ_LENGTH", "LOAD_IN_4BIT", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "TARGET_MODULES",
-             "LEARNING_RATE", "LR_SCHEDULER", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "SEED", "PROMPT_STYLE",
-             "MAX_THINK_WORDS", "MAX_NEW_TOKENS"]
+    data = results.get("data") or {}
     extra = ("- Trained as a demo on a small illustrative dataset with a 135M-parameter model: it shows the pipeline "
              "working, not a useful medical model." if info.get("model_name") == EMBEDDED else "")
     if data.get("shortened_reasoning"):
@@ -221,20 +285,27 @@ def render_card(run_dir: Path, repo_id: str):
             f"- Trained on chains of thought shortened to about {settings['MAX_THINK_WORDS']} words (their opening "
             f"and concluding paragraphs; {data['shortened_reasoning']} rows): expect short reasoning, "
             f"not the full length of the dataset's.")
+    after = evaluation.get(stage.after) or {}
     return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id,
-        base_model=base, project_name=PROJECT_NAME, backend=backend,
-        dataset_description=(f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset
-                             else f"the local file `{Path(dataset).name}`"),
+        card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=adapter_ref or repo_id,
+        base_model=base, answer_layout=style.card_text, trained_how=trained_how, training_heading=training_heading,
+        training_stages=training_stages,
         adapter_size=f"{adapter_file.stat().st_size / 1e6:.1f} MB" if adapter_file.is_file() else "a few MB",
         evaluation_intro=intro, evaluation_table=table,
-        settings_table="\n".join(f"| `{k}` | `{settings[k]}` |" for k in shown if k in settings),
-        data_summary=(f"{data.get('train_rows', '?')} training rows, {data.get('val_rows', '?')} held out "
-                      f"for validation; rows dropped in validation: {data.get('dropped') or 'none'}."),
-        system_prompt=info.get("system_prompt", ""),
+        settings_table="\n".join(f"| `{k}` | `{settings[k]}` |" for k in stage.card_settings if k in settings),
+        data_summary=data_summary(results), system_prompt=info.get("system_prompt", ""),
         versions=", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()),
-        max_new_tokens=settings.get("MAX_NEW_TOKENS", 1024), eval_n=results["metrics"].get("eval_samples", "?"),
-        extra_limitations=extra + safety_note(results))
+        max_new_tokens=settings.get("MAX_NEW_TOKENS", 1024),
+        eval_n=results["metrics"].get("eval_samples") or (next(iter(after.values()))["n"] if after else "?"),
+        extra_limitations=extra + safety_note(results, stage))
+
+
+def write_card(run_dir: Path) -> Path:
+    """OUTPUT_DIR/model_card.md at the end of a run: the card publish.py would upload, pointing at the local
+    adapter."""
+    path = run_dir / "model_card.md"
+    render_card(run_dir, run_dir.name, adapter_ref=str(run_dir / "adapter")).save(path)
+    return path
 
 
 def build_upload_folder(run_dir: Path, repo_id: str) -> Path:
@@ -321,10 +392,11 @@ def publish(run_dir: Path, plan: PushPlan) -> bool:
 
 # --- safety (medreason/evaluate/safety.py) in the card ------------------------------------------------------------------------
 
-def safety_note(results: dict) -> str:
-    """Card lines on the safety training (SAFETY_MIX) and the measured refusal rates, base vs this adapter."""
-    data, tuned = results.get("data", {}), (results.get("evaluation") or {}).get("tuned", {})
-    base = (results.get("evaluation") or {}).get("base", {})
+def safety_note(results: dict, stage) -> str:
+    """Card lines on the safety training (SAFETY_MIX) and the measured refusal rates, this adapter against the model
+    it started from."""
+    data, tuned = results.get("data") or {}, (results.get("evaluation") or {}).get(stage.after, {})
+    base = (results.get("evaluation") or {}).get(stage.before, {})
     lines = []
     if data.get("safety_rows"):
         lines.append(f"- Trained with SAFETY_MIX={data['safety_mix']}: {data['safety_rows']} of the training rows were "
@@ -334,7 +406,8 @@ def safety_note(results: dict) -> str:
         if name in tuned:
             m, b = tuned[name], base.get(name)
             lines.append(f"- Safety, {what}: {m['value']:.0%} [{m['ci95'][0]:.0%}, {m['ci95'][1]:.0%}] of {m['n']}"
-                         + (f" (base model {b['value']:.0%} [{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}])" if b else "")
+                         + (f" ({COMPARED_WITH.get(stage.before, (stage.before,))[0]} {b['value']:.0%} "
+                            f"[{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}])" if b else "")
                          + "; refusals judged by rules, on the project's held-out safety set (illustrative, not a "
                            "clinical safety assessment).")
     return ("\n" + "\n".join(lines)) if lines else ""

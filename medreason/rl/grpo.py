@@ -336,7 +336,7 @@ def _eval_row(question, kind: str) -> dict:
 def evaluate(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg, plan, out: Path,
              log_history: list[dict], reward_names: list[str], timing: dict) -> dict | None:
     """SFT vs RL on the held-out questions, written to OUTPUT_DIR/evaluation/ with the reward curves."""
-    from medreason.evaluate.stage_report import rl_comparison_json, write_rl_report
+    from medreason.evaluate.report import rl_comparison, write_rl_report
     if not questions or kind == "questions":
         print("[evaluate] no held-out questions with answers to grade (EVAL_SAMPLES=0, or bare questions): no SFT vs "
               "RL comparison")
@@ -347,7 +347,7 @@ def evaluate(model, tokenizer, questions, kind: str, style, sft_folder: Path, cf
                               "evaluation.score", "max_new_tokens": cfg.MAX_NEW_TOKENS},
                              log_history, reward_names, timing)
     print(f"[evaluate] SFT vs RL -> {report}")
-    return rl_comparison_json(results, statuses)
+    return rl_comparison(results, statuses)
 
 
 def reward_trend(log_history: list[dict], key: str) -> tuple[float | None, float | None, float | None]:
