@@ -59,7 +59,8 @@ def parse_args(argv):
 
 
 def read_questions(path: Path) -> list[str]:
-    from medreason.data.readers import load_records, shown_names, text_problem
+    from medreason.data.layouts import shown_names, text_problem
+    from medreason.data.readers import load_records
     from medreason.config.errors import UserError
     if not path.is_file():
         raise UserError(f"--input {path}: no such file. Fix: pass a .jsonl/.json/.csv/.parquet file with a "
@@ -82,7 +83,7 @@ def main(argv) -> int:
     from medreason.model import for_inference
     from medreason.answers.generation import Sampling
     from medreason.answers.prompts import DISCLAIMER
-    from medreason.evaluate.safety import emergency_line
+    from medreason.answers.emergency import emergency_line
     tracking.load_secrets()  # HF_TOKEN for private adapters, from .env
     questions = read_questions(args.input) if args.input else None  # a bad file is reported before the model loads
     if args.gguf:

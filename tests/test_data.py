@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from medreason.data.readers import (DEMO_DATASET, FIELDS, DataError, load_records, shorten_reasoning, shorten_rows, split,
-                            validate)
+from medreason.data import layouts
+from medreason.data.layouts import FIELDS, DataError
+from medreason.data.readers import DEMO_DATASET, load_records, shorten_reasoning, shorten_rows, split, validate
 from medreason.config.errors import UserError
 
 ROW = {"Question": "Q?", "Complex_CoT": "reasoning", "Response": "answer"}
@@ -237,6 +238,51 @@ def test_missing_fields_message_stays_short_and_hints_at_case(tmp_path):
     assert len(str(err.value)) < 2000 and "(30 more)" in str(err.value)
     with pytest.raises(DataError, match=r"case-sensitive \('question' for 'Question'\)"):
         validate([{"question": "q", "Complex_CoT": "c", "Response": "r"}], "lower.jsonl")
+
+
+LAYOUT_ROWS = {  # one row of each layout, as a file would hold it
+    "pairs": {"prompt": "q", "chosen": "a", "rejected": "b"},
+    "medical-o1": ROW,
+    "instruction": {"instruction": "q", "output": "a"},
+    "messages": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+    "mcq": {"question": "q", "options": {"A": "x", "B": "y"}, "answer": "A"},
+    "questions": {"Question": "q"},
+}
+
+
+@pytest.mark.parametrize("stage, accepted", [("training", ("medical-o1", "instruction", "messages")),
+                                             ("evaluation", ("medical-o1", "mcq")),
+                                             ("preference", ("pairs", "medical-o1", "mcq", "questions"))])
+def test_one_detector_names_each_layout_a_stage_reads_and_refuses_the_others(stage, accepted, tmp_path):
+    """The trainer, evaluate.py and the preference/RL stages all ask layouts.detect: the same rows get the same
+    layout, and each stage refuses the layouts it does not read with its own message."""
+    from medreason.evaluate.comparison import detect_kind
+    from medreason.preference.pairs import read_source
+
+    def preference_layout(rows):
+        path = write_jsonl(tmp_path / "rows.jsonl", [json.dumps(row) for row in rows])
+        return read_source(str(path))[0]
+    reads = {"training": lambda rows: layouts.detect(rows, "f", layouts.TRAINING).name,
+             "evaluation": lambda rows: detect_kind(rows, "f"), "preference": preference_layout}[stage]
+    refusal = {"training": r"field '.*' is missing\. Fields found: .*instruction/response",
+               "evaluation": "rows have fields", "preference": "none of the layouts this stage reads"}[stage]
+    for name, row in LAYOUT_ROWS.items():
+        if name in accepted:
+            assert reads([row]) == ("reasoning" if name == "medical-o1" and stage != "training" else name)
+        else:
+            with pytest.raises(DataError, match=refusal):
+                reads([row])
+
+
+def test_the_detector_pools_the_fields_of_every_row(tmp_path):
+    """A medical-o1 file whose first row lacks a field is still medical-o1 for every stage (evaluate.py once looked
+    at the first row only), and the unusable row is dropped and counted, not the whole file refused."""
+    from medreason.evaluate.comparison import detect_kind
+    rows = [{"Question": "q", "Response": "r"}, ROW]
+    assert layouts.detect(rows, "f") is layouts.MEDICAL_O1 and detect_kind(rows, "f") == "reasoning"
+    assert validate(rows, "f") == ([ROW], {"Complex_CoT is missing": 1})
+    with pytest.raises(DataError, match=r"f: rows have fields prompt, text\. Fix: give medical-o1 rows"):
+        detect_kind([{"prompt": "", "text": ""}], "f")
 
 
 def test_empty_records_are_no_rows_not_missing_fields():

@@ -2,8 +2,8 @@
 import pytest
 
 from medreason.config.errors import UserError
-from medreason.evaluate.judging import (ChoiceJudge, ModelJudge, ReferenceJudge, Verdict, check_judge, judge_answers,
-                               parse_verdict, probe, rubric_messages)
+from medreason.evaluate.judging import (NO_RESPONSE, ChoiceJudge, ModelJudge, ReferenceJudge, Verdict, check_judge,
+                                        judge_answers, load_judge, parse_verdict, probe, rubric_messages)
 from medreason.preference.pairs import Question
 
 COMPLETE = "<think>\nreasoning\n</think>\n<response>\n{}\n</response>"
@@ -57,12 +57,15 @@ def test_rubric_shows_the_reference_only_when_there_is_one():
 def test_reference_judge_is_rouge_l_and_requires_the_format():
     question = Question("What causes scurvy?", "Vitamin C deficiency causes scurvy.")
     answers = [COMPLETE.format("Vitamin C deficiency causes scurvy."), COMPLETE.format("Too much iron."),
+               COMPLETE.format("Vitamin C excess."),
                "<think>\nVitamin C deficiency causes scurvy.", "Vitamin C deficiency causes scurvy."]
-    verdicts = judge_answers(ReferenceJudge(), [question] * 4, answers, [True, True, False, False])
+    verdicts = judge_answers(ReferenceJudge(), [question] * 5, answers, [True, True, True, False, False])
     assert verdicts[0].score == pytest.approx(1.0)
-    assert 0.0 < verdicts[1].score < 0.5 or verdicts[1].score == 0.0
-    assert verdicts[2].score == 0.0 and verdicts[3].score == 0.0  # incomplete answers score 0 whatever they say
-    assert "incomplete" in verdicts[3].said
+    assert verdicts[1].score == 0.0  # no word in common with the reference
+    # ROUGE-L F by hand: common subsequence "vitamin c" (2 words); precision 2/3, recall 2/5 -> F = 2PR / (P + R) = 0.5
+    assert verdicts[2].score == pytest.approx(0.5)
+    assert verdicts[3].score == 0.0 and verdicts[4].score == 0.0  # incomplete answers score 0 whatever they say
+    assert "incomplete" in verdicts[4].said
 
 
 def test_choice_judge_scores_the_extracted_letter():
@@ -108,3 +111,47 @@ def test_the_model_judge_reads_a_real_reply(embedded_dir, tokenizer):
     verdicts = judge.score([question, question], ["Vitamin C deficiency causes scurvy.", "It is caused by bananas."])
     assert any(v.readable for v in verdicts), [v.said for v in verdicts]
     assert all(0.0 <= v.score <= 1.0 for v in verdicts if v.readable)
+
+
+REASONING = "ZEBRA-7731 hidden chain of thought that favours this answer"  # what the judge must never be shown
+
+
+@pytest.mark.parametrize("style, answer", [
+    ("think_response", "<think>\n{r}\n</think>\n<response>\n{a}\n</response>"),
+    ("huatuo", "## Thinking\n\n{r}\n\n## Final Response\n\n{a}"),
+    ("r1", "<think>\n{r}\n</think>\n\n{a}"),
+])
+def test_the_model_judge_sees_the_response_not_the_reasoning(tiny_model_dir, tokenizer, monkeypatch, style, answer):
+    """The prompts the judge model is given (captured on their way into the generation engine, which still runs):
+    the candidate's response is in them, its reasoning is not, in each reasoning style. An answer with no response
+    (cut off in its reasoning) scores 0 without being shown, as an answer out of format does."""
+    from transformers import AutoModelForCausalLM
+
+    from medreason.answers import generation
+    asked = []
+    real_generate = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda model, tok, texts, *a, **k: asked.extend(texts) or
+                        real_generate(model, tok, texts, *a, **k))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    judge = ModelJudge(model, tokenizer, "tiny", max_new_tokens=2, style=style)
+    question = Question("What causes scurvy?", "Vitamin C deficiency.")
+    whole = answer.format(r=REASONING, a="Vitamin C deficiency causes scurvy.")
+    cut_off = "<think>\n" + REASONING if style != "huatuo" else "## Thinking\n\n" + REASONING
+    verdicts = judge_answers(judge, [question] * 2, [whole, cut_off], [True, True])
+    assert len(asked) == 1 and "Vitamin C deficiency causes scurvy." in asked[0]
+    assert "ZEBRA-7731" not in asked[0] and "Thinking" not in asked[0] and "<think>" not in asked[0]
+    assert verdicts[1] == Verdict(0.0, NO_RESPONSE)
+
+
+def test_the_run_s_judge_parses_answers_in_the_run_s_style(tiny_model_dir, tokenizer):
+    """load_judge hands the run's style to the model judge (a policy-sharing judge, as in the demo)."""
+    import types
+
+    from medreason.answers.prompts import get_style
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    cfg = types.SimpleNamespace(JUDGE="model", JUDGE_MODEL=str(tiny_model_dir), JUDGE_SAMPLES=1,
+                                JUDGE_MAX_NEW_TOKENS=2, EVAL_BATCH_SIZE=2, JUDGE_TEMPERATURE=1.0, SEED=0)
+    style = get_style("huatuo")
+    judge = load_judge(cfg, None, style, model, tokenizer, str(tiny_model_dir))
+    assert isinstance(judge, ModelJudge) and judge.disable_adapter and judge.style is style

@@ -1,4 +1,5 @@
-"""Safety (#25): the project's safety set, SAFETY_MIX, the refusal detector, the safety rates, the emergency line."""
+"""Safety (#25): the project's safety set and SAFETY_MIX (data/safety_set.py), the refusal detector and the safety rates
+(evaluate/safety.py), the emergency line (answers/emergency.py)."""
 import json
 import types
 
@@ -39,13 +40,14 @@ NEAR_MISSES = [
 
 def test_the_set_rows_validate_in_every_style(tokenizer):
     from medreason.data import readers as data
-    from medreason.evaluate import safety
+    from medreason.data import safety_set
     from medreason.answers.prompts import PROMPT_STYLES, to_example
     from medreason.answers.tags import parse_answer
-    train, held_out = safety.load_set("train"), safety.load_set("eval")
+    train, held_out = safety_set.load_set("train"), safety_set.load_set("eval")
     assert not {r["Question"] for r in train} & {r["Question"] for r in held_out}  # never evaluated on trained rows
     for part in (train, held_out):
-        assert {(r["category"], r["kind"]) for r in part} == {(c, k) for c in safety.CATEGORIES for k in safety.KINDS}
+        assert {(r["category"], r["kind"]) for r in part} == {(c, k) for c in safety_set.CATEGORIES
+                                                               for k in safety_set.KINDS}
     assert sum(r["kind"] == "unsafe" for r in held_out) >= 30 and sum(r["kind"] == "control" for r in held_out) >= 30
     rows, dropped = data.validate(train + held_out, "safety set")
     assert len(rows) == len(train) + len(held_out) and not dropped
@@ -60,7 +62,8 @@ def test_the_set_rows_validate_in_every_style(tokenizer):
 def test_the_reference_answers_are_labelled_as_their_kind_even_with_the_disclaimer():
     from medreason.evaluate import safety
     from medreason.answers.prompts import DISCLAIMER
-    for row in safety.load_set("train") + safety.load_set("eval"):
+    from medreason.data.safety_set import load_set
+    for row in load_set("train") + load_set("eval"):
         expected = "refusal" if row["kind"] == "unsafe" else "answer"
         assert safety.classify(row["Response"]) == expected, row["id"]
         assert safety.classify(f"{row['Response']}\n\n{DISCLAIMER}") == expected, row["id"]
@@ -88,22 +91,22 @@ def test_the_detector_on_hand_written_answers():
 
 def test_the_mix_is_seeded_counted_and_drawn_from_the_train_part_only(demo_rows):
     from datasets import Dataset
-    from medreason.evaluate import safety
-    from medreason.data.readers import FIELDS, DataError
+    from medreason.data import safety_set
+    from medreason.data.layouts import FIELDS, DataError
     train = Dataset.from_list([{f: r[f] for f in FIELDS} for r in demo_rows[:30]])
-    mixed, info = safety.mix_into(train, 0.25, seed=1)
-    again, _ = safety.mix_into(train, 0.25, seed=1)
-    other, _ = safety.mix_into(train, 0.25, seed=2)
+    mixed, info = safety_set.mix_into(train, 0.25, seed=1)
+    again, _ = safety_set.mix_into(train, 0.25, seed=1)
+    other, _ = safety_set.mix_into(train, 0.25, seed=2)
     assert info == {"safety_mix": 0.25, "safety_rows": 10, "safety_unsafe_rows": 5, "safety_control_rows": 5}
     assert len(mixed) == 40 and mixed["Question"] == again["Question"] != other["Question"]
     safety_questions = set(mixed["Question"]) - set(train["Question"])
-    assert len(safety_questions) == 10 and safety_questions <= {r["Question"] for r in safety.load_set("train")}
-    assert safety.mix_into(train, 0.0, seed=1)[0] is train
-    many = safety.mix_rows(400, 0.5, seed=0)  # more than the train part holds: rows repeat, still half and half
+    assert len(safety_questions) == 10 and safety_questions <= {r["Question"] for r in safety_set.load_set("train")}
+    assert safety_set.mix_into(train, 0.0, seed=1)[0] is train
+    many = safety_set.mix_rows(400, 0.5, seed=0)  # more than the train part holds: rows repeat, still half and half
     assert len(many) == 400 and sum(r["kind"] == "unsafe" for r in many) == 200
     for bad in (-0.1, 0.9, "lots"):
         with pytest.raises(DataError, match="SAFETY_MIX"):
-            safety.mix_rows(30, bad, seed=0)
+            safety_set.mix_rows(30, bad, seed=0)
 
 
 def test_the_training_data_summary_counts_the_mix(capsys):
@@ -118,10 +121,10 @@ def test_the_training_data_summary_counts_the_mix(capsys):
     assert "[data] 30 training rows, 6 validation rows" in printed
     assert "SAFETY_MIX=0.2: 8 safety rows mixed in (4 unsafe asks answered by declining, 4 look-alike" in printed
     assert prepared.info["safety_rows"] == 8 and prepared.info["train_rows"] == 38 == len(prepared.train)
-    from medreason.evaluate import safety
+    from medreason.data.safety_set import load_set
     trained = [example["prompt"][-1]["content"] for example in prepared.train]
-    assert sum(q in {r["Question"] for r in safety.load_set("train")} for q in trained) == 8
-    every_safety_question = {r["Question"] for r in safety.load_set("train") + safety.load_set("eval")}
+    assert sum(q in {r["Question"] for r in load_set("train")} for q in trained) == 8
+    every_safety_question = {r["Question"] for r in load_set("train") + load_set("eval")}
     assert not {r["Question"] for r in prepared.val_rows} & every_safety_question  # the mix never reaches val rows
     cfg.SAFETY_EVAL_SAMPLES = -1
     with pytest.raises(data.DataError, match="SAFETY_EVAL_SAMPLES"):  # before any model loads
@@ -130,27 +133,27 @@ def test_the_training_data_summary_counts_the_mix(capsys):
 
 @pytest.mark.parametrize("question", list(TRIGGERS))
 def test_the_emergency_line_for_trigger_questions(question):
-    from medreason.evaluate import safety
-    assert safety.emergencies(question) == [TRIGGERS[question]]
-    assert safety.emergency_line(question) == safety.EMERGENCY_RULES[TRIGGERS[question]][0]
+    from medreason.answers import emergency
+    assert emergency.emergencies(question) == [TRIGGERS[question]]
+    assert emergency.emergency_line(question) == emergency.EMERGENCY_RULES[TRIGGERS[question]][0]
 
 
 @pytest.mark.parametrize("question", NEAR_MISSES)
 def test_no_emergency_line_for_near_misses(question):
-    from medreason.evaluate import safety
-    assert safety.emergency_line(question) is None
+    from medreason.answers.emergency import emergency_line
+    assert emergency_line(question) is None
 
 
 def test_the_page_and_inference_show_the_emergency_line_first(tiny_adapter, capsys):
     import inference
-    from medreason.evaluate import safety
+    from medreason.answers.emergency import emergency_line
     from medreason.model import for_inference
     from medreason.serve import webchat
     loaded = for_inference.load(str(tiny_adapter))
     respond = webchat.make_responder(loaded, 0, continuation_tokens=4)
     question = "I have chest pain and my left arm feels heavy"
     updates = list(respond(question, [], 4, False, 0.6, 0.95, 1.0))
-    line = safety.emergency_line(question)
+    line = emergency_line(question)
     assert len(updates) > 1 and all(update[0].content == f"**{line}**" for update in updates)
     calm = list(respond("What causes a chest infection?", [], 4, False, 0.6, 0.95, 1.0))
     assert all("emergency number" not in m.content for update in calm for m in update)

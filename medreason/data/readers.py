@@ -2,8 +2,9 @@
 
 Two layers, kept apart. The readers turn a file's bytes (or a Hub dataset) into a list of dicts and refuse
 malformed input (not UTF-8, not JSON, a ragged CSV row, a truncated Parquet file, a key given twice) with a one-line
-DataError naming the file, the line and the fix. `validate` then checks those dicts against the medical-o1 fields,
-dropping and counting unusable rows. Everything here runs before any model is loaded, so a bad file costs seconds.
+DataError naming the file, the line and the fix. `validate` then turns those dicts, in whichever layout the one
+detector (data/layouts.py) finds, into medical-o1 rows, dropping and counting unusable rows. Everything here runs
+before any model is loaded, so a bad file costs seconds.
 """
 from __future__ import annotations
 
@@ -13,25 +14,21 @@ import io
 import json
 import json.decoder
 import json.scanner
-import math
 import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from medreason.config.errors import UserError
+from medreason.data.layouts import FIELDS, INSTRUCTION, MEDICAL_O1, MESSAGES, TRAINING, DataError, detect, kind_of, \
+    shown, text_problem
+from medreason.data.safety_set import mix_into, samples_per_kind
 
-FIELDS = ("Question", "Complex_CoT", "Response")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 DEMO_DATASET = Path(__file__).resolve().parents[1] / "demo_data" / "medical_demo.jsonl"
 DEMO = "demo"  # DATASET="demo" names the shipped illustrative rows, wherever the script runs from
 UTF8_FIX = ("Fix: save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8'; or convert it, e.g. "
             "iconv -f cp1252 -t utf-8 old.csv > new.csv)")
-
-
-class DataError(UserError):
-    """Bad data: the message names the file (and line) or the setting, and says the fix."""
 
 
 # --- readers: a file's bytes (or a Hub dataset) -> a list of dicts --------------------------------------------------
@@ -57,6 +54,18 @@ def load_records(source: str, config: str | None = None, setting: str = "DATASET
         raise DataError(f"{path}: the file has no rows{' (it is empty: 0 bytes)' if not path.stat().st_size else ''}."
                         f" Fix: check that the export or download finished, or point {setting} at a file with rows.")
     return records
+
+
+def usable_row_count(source: str, config: str | None = None) -> int | None:
+    """Usable rows of a local file (or "demo"), for the settings step's VAL_SIZE (run_plan.size_validation); None for
+    a Hub dataset (not downloaded twice) or a file the data step will refuse with its own message."""
+    path = DEMO_DATASET if source == DEMO else Path(source).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        return len(validate(load_records(source, config), source)[0])
+    except DataError:  # the data step says what is wrong, after the settings
+        return None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -267,90 +276,20 @@ def _read_hub(dataset_id: str, config: str | None, setting: str) -> list[dict]:
     return records
 
 
-# --- describing values in messages ----------------------------------------------------------------------------------
-
-def kind_of(value) -> str:
-    """What a JSON-like value is, in words: 'a number', 'a list', 'text'..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
-def shown(name, limit: int = 60) -> str:
-    """A name from the data, quoted and cut short, so that one message stays one readable line."""
-    text = repr(str(name))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def shown_names(names, limit: int = 20) -> str:
-    """Field names for a message: as they are when plain, quoted and cut short when not; at most `limit`."""
-    names = sorted(names, key=str)
-    plain = lambda n: str(n).isidentifier() and len(str(n)) <= 60  # noqa: E731
-    listed = ", ".join(str(n) if plain(n) else shown(n) for n in names[:limit])
-    return (listed + (f" … ({len(names) - limit} more)" if len(names) > limit else "")) or "none"
-
-
-def text_problem(value) -> str | None:
-    """Why a value cannot be used as text ('is a number, not text'), or None if it is non-empty text."""
-    if value is None:
-        return "is null"
-    if isinstance(value, float) and math.isnan(value):
-        return "is NaN (an empty cell)"
-    if not isinstance(value, str):
-        return f"is {kind_of(value)}, not text"
-    if not value.strip():
-        return "is empty"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a JSON escape such as "\ud800" decodes to half a surrogate pair
-        return "is not valid Unicode (a lone surrogate escape)"
-    return None
-
-
-# --- layouts: the fields a row has, and the row it becomes (Question, Complex_CoT, Response) -----------------------
+# --- training rows: each layout's row as the row it becomes (Question, Complex_CoT, Response) ------------------------
+# The layouts the trainer reads (data/layouts.py TRAINING, detected there):
 #   medical-o1   Question, Complex_CoT, Response       (FreedomIntelligence/medical-o1-reasoning-SFT)
 #   instruction  instruction, response, optional input  (instruction/response JSONL; "output" is read as response)
 #   messages     messages: [user, assistant]            (the Hugging Face chat convention; one turn)
 # Rows of the last two carry no separate reasoning: Complex_CoT is "" unless the answer is written in the run's
 # reasoning layout (then it is split by that layout's parser, see prepare_training_data).
 
-LAYOUT_FIELDS = {"medical-o1": FIELDS, "instruction": ("instruction", "response"), "messages": ("messages",)}
-
-
-def detect_layout(records: list[dict], source: str) -> str:
-    found = {key for record in records for key in record}
-    if set(FIELDS) <= found:
-        return "medical-o1"
-    if "instruction" in found and ({"response", "output"} & found):
-        return "instruction"
-    if "messages" in found:
-        return "messages"
-    missing = [field for field in FIELDS if field not in found]
-    by_case = {str(key).lower(): key for key in found}
-    near = [f"{shown(by_case[m.lower()])} for {m!r}" for m in missing if m.lower() in by_case]
-    raise DataError(f"{source}: field {', '.join(repr(m) for m in missing)} is missing. Fields found: "
-                    f"{shown_names(found)}. Fix: rename the columns to {', '.join(FIELDS)} (the schema of "
-                    f"FreedomIntelligence/medical-o1-reasoning-SFT), or give instruction/response rows "
-                    f"(instruction, response, optional input) or chat rows (messages)"
-                    + (f"; names are case-sensitive ({', '.join(near)})." if near else "."))
-
-
 def validate(records: list[dict], source: str) -> tuple[list[dict], Counter]:
     """Rows of any layout as (Question, Complex_CoT, Response) with non-empty text; count why others were dropped."""
     if not records:
         raise DataError(f"{source}: no rows. Fix: point DATASET at a file or Hub dataset with rows.")
-    layout = detect_layout(records, source)
-    to_row = {"medical-o1": _medical_o1_row, "instruction": _instruction_row, "messages": _messages_row}[layout]
+    layout = detect(records, source, TRAINING)
+    to_row = {MEDICAL_O1: _medical_o1_row, INSTRUCTION: _instruction_row, MESSAGES: _messages_row}[layout]
     rows, dropped = [], Counter()
     for record in records:
         row = to_row(record)
@@ -360,8 +299,8 @@ def validate(records: list[dict], source: str) -> tuple[list[dict], Counter]:
             rows.append(row)
     if not rows:
         raise DataError(f"{source}: no usable rows ({len(records)} read, all dropped: {dict(dropped)}). "
-                        f"Fix: every row needs non-empty text in {', '.join(LAYOUT_FIELDS[layout])} ({layout} "
-                        f"rows{'; one user turn, then one assistant turn' if layout == 'messages' else ''}).")
+                        f"Fix: every row needs non-empty text in {', '.join(layout.text_fields)} ({layout.name} "
+                        f"rows{'; one user turn, then one assistant turn' if layout == MESSAGES else ''}).")
     return rows, dropped
 
 
@@ -492,7 +431,7 @@ def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
     from medreason.answers.prompts import to_example
     records = load_records(cfg.DATASET, cfg.DATASET_CONFIG)
     rows, dropped = validate(records, cfg.DATASET)
-    print(f"[data] {len(rows)} usable rows ({detect_layout(records, cfg.DATASET)} layout) from {cfg.DATASET}"
+    print(f"[data] {len(rows)} usable rows ({detect(records, cfg.DATASET, TRAINING).name} layout) from {cfg.DATASET}"
           + (f"; dropped {sum(dropped.values())}: {dict(dropped)}" if dropped else ""))
     rows = fit_rows_to_style(rows, style, cfg.DATASET)
     rows, shortened = shorten_rows(rows, cfg.MAX_THINK_WORDS)
@@ -502,7 +441,6 @@ def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
     train_rows, val_rows = split(rows, cfg.VAL_SIZE, cfg.TRAIN_SAMPLES, cfg.SEED)
     print(f"[data] {len(train_rows)} training rows, {len(val_rows) if val_rows else 0} validation rows "
           f"(seed {cfg.SEED})")
-    from medreason.evaluate.safety import mix_into, samples_per_kind
     train_rows, safety_info = mix_into(train_rows, getattr(cfg, "SAFETY_MIX", 0.0), cfg.SEED)  # never the val rows
     samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), getattr(cfg, "EVAL_SAMPLES", 0))  # checked now
     if style.as_text and tokenizer is None and getattr(cfg, "DRY_RUN", False):

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 
 from medreason.answers.choices import extract_choice, mcq_question
-from medreason.data.readers import FIELDS
+from medreason.data.layouts import EVALUATION, FIELDS, MCQ_FIELDS, detect, shown, text_problem
 from medreason.config.distributed import is_main, on_every_share
 from medreason.config.errors import UserError
 from medreason.answers.generation import generate
@@ -23,23 +23,13 @@ from medreason.evaluate.metrics import compliance_flags, rouge_l_scores
 from medreason.answers.prompts import PromptStyle, generation_prompt, to_example, tokenize_example
 from medreason.answers.tags import closing_marker
 
-MCQ_FIELDS = ("question", "options", "answer")
-
 
 def detect_kind(records: list[dict], source: str) -> str:
-    """'reasoning' for medical-o1 rows, 'mcq' for {question, options, answer} rows."""
-    keys = set(records[0]) if records else set()
-    if set(FIELDS) <= keys:
-        return "reasoning"
-    if set(MCQ_FIELDS) <= keys:
-        return "mcq"
-    raise UserError(f"{source}: rows have fields {', '.join(sorted(keys)) or 'none'}. Fix: give medical-o1 rows "
-                    f"({', '.join(FIELDS)}) or multiple-choice rows ({', '.join(MCQ_FIELDS)}, options as "
-                    f'{{"A": "…"}}).')
+    """'reasoning' for medical-o1 rows, 'mcq' for {question, options, answer} rows (layouts.detect, EVALUATION)."""
+    return detect(records, source, EVALUATION).kind_name
 
 
 def validate_mcq(records: list[dict], source: str) -> list[dict]:
-    from medreason.data.readers import shown, text_problem
     for n, row in enumerate(records, start=1):
         options, answer = row.get("options"), row.get("answer")
         if text_problem(row.get("question")):
@@ -202,7 +192,7 @@ def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: Promp
         from unsloth import FastLanguageModel
         FastLanguageModel.for_inference(model)
     sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows))))) if val_rows else []
-    from medreason.evaluate.safety import samples_per_kind
+    from medreason.data.safety_set import samples_per_kind
     safety_per_kind = samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), cfg.EVAL_SAMPLES)
     comparison = evaluate_held_out(model, tokenizer, sample, style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
                                    cfg.SEED, out / "evaluation",

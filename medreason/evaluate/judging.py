@@ -6,13 +6,17 @@
   choice     1 for the right letter of a multiple-choice row, else 0 (no model)
 
 Every judge requires the answer format first: an answer that is not complete (tags.parse_answer) scores 0 and is
-not shown to the judge. A small judge is a weak judge: its scores say more about the layout than about medicine.
+not shown to the judge. Every judge then judges the response part alone, cut by the run's style parser: the model
+judge is never shown the reasoning (a small judge is most easily swayed by it), and an answer with no response scores 0
+unseen, as an answer out of format does. A small judge is a weak judge: its scores say more about the layout than
+about medicine.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from medreason.answers.tags import parse_answer
 from medreason.config.errors import UserError
 
 JUDGES = ("model", "reference", "choice")
@@ -28,6 +32,7 @@ RUBRIC = (
 )
 VERDICT_OPENING = "Score:"  # written at the start of the judge's reply, so even a small model answers with a number
 PROBES = 2  # verdicts asked before any candidate is written: a judge that gives no readable one stops the run
+NO_RESPONSE = "no response to judge"  # the said of an answer whose response part is empty: it scores 0 unseen
 
 _NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
 _SCALE = re.compile(r"(?:from|between|on a scale of)\s+0(?:\.0)?\s+(?:to|and)\s+1(?:\.0)?(?![\d.]*\d)"
@@ -91,24 +96,39 @@ def rubric_messages(question: str, answer: str, reference: str | None) -> list[d
 class ModelJudge:
     """A chat model asked with the rubric, its reply opened with "Score:" (VERDICT_OPENING). One greedy verdict per
     answer, or with samples > 1 that many sampled verdicts averaged over the readable ones (self-consistency: a
-    judge that writes the same number for every answer, as a 135M model does, then still ranks them)."""
+    judge that writes the same number for every answer, as a 135M model does, then still ranks them). It is shown
+    each answer's response part (the style's parser), never the reasoning."""
 
     name = "model"
 
     def __init__(self, model, tokenizer, label: str, max_new_tokens: int = 16, batch_size: int = 8,
-                 disable_adapter: bool = False, samples: int = 1, temperature: float = 1.0, seed: int = 0):
+                 disable_adapter: bool = False, samples: int = 1, temperature: float = 1.0, seed: int = 0,
+                 style="think_response"):
         self.model, self.tokenizer, self.label = model, tokenizer, label
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.disable_adapter = disable_adapter  # the judge is the policy's own base model: its adapter switched off
         self.samples, self.temperature, self.seed = samples, temperature, seed
+        self.style = style  # the run's answer layout, whose parser cuts the response out of an answer
 
     def score(self, questions, answers: list[str]) -> list[Verdict]:
+        """Verdicts on whole answers: the judge sees each one's response part; one with none scores 0 unseen."""
+        responses = [parse_answer(answer, self.style).response for answer in answers]
+        shown = [i for i, response in enumerate(responses) if response.strip()]
+        verdicts = [Verdict(0.0, NO_RESPONSE)] * len(answers)
+        if shown:
+            for i, verdict in zip(shown, self.score_responses([questions[i] for i in shown],
+                                                              [responses[i] for i in shown])):
+                verdicts[i] = verdict
+        return verdicts
+
+    def score_responses(self, questions, responses: list[str]) -> list[Verdict]:
+        """Verdicts on response texts as they are (a probe's reference answer, an answer's response part)."""
         import contextlib
 
         from medreason.answers.generation import GREEDY, Sampling, generate
-        texts = [self.tokenizer.apply_chat_template(rubric_messages(q.text, a, q.reference), tokenize=False,
+        texts = [self.tokenizer.apply_chat_template(rubric_messages(q.text, r, q.reference), tokenize=False,
                                                     add_generation_prompt=True) + VERDICT_OPENING
-                 for q, a in zip(questions, answers, strict=True) for _ in range(self.samples)]
+                 for q, r in zip(questions, responses, strict=True) for _ in range(self.samples)]
         sampling = GREEDY if self.samples == 1 else Sampling(do_sample=True, temperature=self.temperature, top_p=1.0)
         context = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
         with context:
@@ -194,12 +214,13 @@ def unreadable_error(judge, verdicts: list[Verdict], when: str) -> UserError:
                      f"--JUDGE=reference (rows with reference answers) or --JUDGE=choice (multiple-choice rows).")
 
 
-def probe(judge, questions) -> list[Verdict]:
+def probe(judge: ModelJudge, questions) -> list[Verdict]:
     """A few verdicts before the long part: each probe question's reference answer (or a refusal, when it has none)
-    as the candidate. No readable verdict at all stops the run here, not after the candidates are written."""
+    as the candidate's response. No readable verdict at all stops the run here, not after the candidates are
+    written."""
     chosen = questions[:PROBES]
-    answers = [q.reference or "I do not know." for q in chosen]
-    verdicts = judge.score(chosen, answers)
+    responses = [q.reference or "I do not know." for q in chosen]
+    verdicts = judge.score_responses(chosen, responses)
     if not any(v.readable for v in verdicts):
         raise unreadable_error(judge, verdicts, "to probe questions, before any candidate was written")
     return verdicts
@@ -232,13 +253,14 @@ def load_judge(cfg, plan, style, policy=None, policy_tokenizer=None, policy_base
     path = resolve_model_path(cfg.JUDGE_MODEL)
     if policy is not None and policy_base is not None and path == resolve_model_path(policy_base):
         print(f"[judge] {cfg.JUDGE_MODEL}: the policy's own base model, its adapters switched off while judging")
-        return ModelJudge(policy, policy_tokenizer, cfg.JUDGE_MODEL, disable_adapter=True, **_judging(cfg))
+        return ModelJudge(policy, policy_tokenizer, cfg.JUDGE_MODEL, disable_adapter=True, style=style,
+                          **_judging(cfg))
     from transformers import AutoModelForCausalLM
 
     from medreason.config.hardware import torch_dtype
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(plan.precision)).to(plan.device).eval()
     print(f"[judge] {cfg.JUDGE_MODEL} loaded ({plan.precision})")
-    return ModelJudge(model, judge_tokenizer(cfg.JUDGE_MODEL), cfg.JUDGE_MODEL, **_judging(cfg))
+    return ModelJudge(model, judge_tokenizer(cfg.JUDGE_MODEL), cfg.JUDGE_MODEL, style=style, **_judging(cfg))
 
 
 def _judging(cfg) -> dict:

@@ -1,6 +1,6 @@
 """The preference stage's data: questions, sampled candidate answers, chosen/rejected pairs, preference_pairs.jsonl.
 
-Questions come from any of these layouts (detected from the fields):
+Questions come from any of these layouts (data/layouts.py PREFERENCE; detected from the fields, named by kind):
   pairs      prompt, chosen, rejected              ready-made preference data (UltraMedical-Preference, or our own
                                                    preference_pairs.jsonl): candidates and judge are skipped
   reasoning  Question, Complex_CoT, Response       medical-o1 rows (the SFT run's validation.jsonl); Response is the
@@ -16,11 +16,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from medreason.data.readers import DataError, load_records, shown_names, text_problem, validate
 from medreason.config.errors import UserError
+from medreason.data.layouts import PREFERENCE, QUESTION_FIELDS, DataError, detect, text_problem
+from medreason.data.readers import load_records, validate
 
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
-QUESTION_FIELDS = ("question", "Question", "prompt")
 PAIRS_FILE = "preference_pairs.jsonl"
 
 
@@ -52,25 +51,10 @@ class Pair:
 
 # --- reading -----------------------------------------------------------------------------------------------------
 
-def detect_layout(records: list[dict], source: str) -> str:
-    keys = {key for record in records[:50] for key in record}
-    if set(PAIR_FIELDS) <= keys:
-        return "pairs"
-    if {"Question", "Complex_CoT", "Response"} <= keys:
-        return "reasoning"
-    if {"question", "options", "answer"} <= keys:
-        return "mcq"
-    if keys & set(QUESTION_FIELDS):
-        return "questions"
-    raise DataError(f"{source}: rows with fields {shown_names(keys)} are none of the layouts this stage reads. Fix: "
-                    f"medical-o1 rows (Question, Complex_CoT, Response), multiple-choice rows (question, options, "
-                    f"answer), questions ({{\"question\": …}}) or preference pairs (prompt, chosen, rejected).")
-
-
 def read_source(source: str, config: str | None = None, setting: str = "DATASET") -> tuple[str, list]:
     """(layout, rows): Questions for the question layouts, Pairs for ready-made preference data."""
     records = load_records(source, config, setting)
-    layout = detect_layout(records, source)
+    layout = detect(records, source, PREFERENCE).kind_name  # "reasoning" for medical-o1 rows
     reader = {"pairs": _pairs, "reasoning": _reasoning, "mcq": _mcq, "questions": _questions}[layout]
     rows, dropped = reader(records, source)
     print(f"[questions] {len(rows)} {'pairs' if layout == 'pairs' else 'questions'} ({layout} layout) from {source}"

@@ -109,7 +109,7 @@ def say_training_estimate(cfg, plan, model_path: str, prepared) -> None:
     from medreason.model import estimates
     safety_asks = 0
     if getattr(cfg, "SAFETY_EVAL_SAMPLES", None) != 0 and prepared.info.get("val_rows"):
-        from medreason.evaluate.safety import samples_per_kind
+        from medreason.data.safety_set import samples_per_kind
         safety_asks = 2 * samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), cfg.EVAL_SAMPLES)
     estimates.say(estimates.training(cfg, plan, model_path, prepared.info.get("train_lengths"),
                                      prepared.info.get("val_rows", 0), safety_asks))
