@@ -101,8 +101,8 @@ def _run_facts(run_dir: Path) -> tuple[dict, dict, dict]:
     """results.json, training_info.json and adapter_config.json of a finished run, each checked readable."""
     results_path, adapter = run_dir / "results.json", run_dir / "adapter"
     if not results_path.is_file():
-        raise UserError(f"{results_path} not found: publish a folder written by medical_fine_tuning.py "
-                        f"(its OUTPUT_DIR).")
+        raise UserError(f"{results_path} not found: publish a folder written by medical_fine_tuning.py, "
+                        f"preference_tuning.py or rl_tuning.py (its OUTPUT_DIR).")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json, so there is no adapter to publish. Fix: run the same "
                         f"training command again (it resumes from the checkpoints and saves the adapter).")
@@ -170,7 +170,7 @@ def answer_layout(info: dict, settings: dict):
     return PROMPT_STYLES.get(name, PROMPT_STYLES["think_response"])
 
 
-def training_story(run_dir: Path, results: dict, info: dict, base: str, backend: str) -> tuple[str, str, str]:
+def training_story(results: dict, info: dict, base: str, backend: str) -> tuple[str, str, str]:
     """(the card's sentence on how the adapter was trained, the Training heading, its numbered stages)."""
     from medreason.evaluate.report import STAGES, stage_of
     stage, records = stage_of(results), info.get("stages") or results.get("stages") or []
@@ -179,12 +179,13 @@ def training_story(run_dir: Path, results: dict, info: dict, base: str, backend:
         hub_dataset = _hub_dataset(dataset)
         described = (f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset
                      else f"the local file `{Path(dataset).name}`")
-        return (f"It was trained with the {PROJECT_NAME} project's `medical_fine_tuning.py` ({backend} backend, trl "
-                f"`SFTTrainer`) on {described}.", "Training", "")
+        return (f"It was trained with the {PROJECT_NAME} project's `{stage.script}` ({backend} backend, trl "
+                f"`{stage.trainer}`) on {described}.", "Training", "")
     words = {2: "two", 3: "three", 4: "four"}
     count = words.get(len(records), str(len(records)))
     names = " -> ".join(r["stage"].upper() for r in records)
-    lines = [f"{n}. " + (STAGES[r["stage"]].describe(r, results, info, base) if r["stage"] in STAGES
+    described = {name: s.describe for name, s in STAGES.items() if s.describe}
+    lines = [f"{n}. " + (described[r["stage"]](r, results, info, base) if r["stage"] in described
                          else f"**{r['stage'].upper()}**") for n, r in enumerate(records, start=1)]
     return (f"It was trained with the {PROJECT_NAME} project in {count} stages ({names}, {backend} backend), the "
             f"last with `{stage.script}` (trl `{stage.trainer}`); each is described under Training below.",
@@ -266,7 +267,7 @@ def render_card(run_dir: Path, repo_id: str, adapter_ref: str | None = None):
     eval_results += benchmark_eval_results(benchmarks)
     backend = info.get("backend", results.get("plan", {}).get("backend", "transformers"))
     style = answer_layout(info, settings)
-    stage_tags = [t for r in info.get("stages") or [] for t in [r["stage"]] if t != "sft"] + list(stage.tags)
+    stage_tags = [r["stage"] for r in info.get("stages") or []] + list(stage.tags)
     card_data = ModelCardData(
         base_model=base, library_name="peft", license=license_for(base), language=["en"],
         datasets=[hub_dataset] if hub_dataset else None, pipeline_tag="text-generation",
@@ -275,7 +276,7 @@ def render_card(run_dir: Path, repo_id: str, adapter_ref: str | None = None):
         model_name=repo_id.split("/")[-1], eval_results=eval_results or None)
     intro, table = _evaluation_table(evaluation, stage)
     table += benchmark_section(benchmarks)
-    trained_how, training_heading, training_stages = training_story(run_dir, results, info, base, backend)
+    trained_how, training_heading, training_stages = training_story(results, info, base, backend)
     adapter_file = run_dir / "adapter" / "adapter_model.safetensors"
     data = results.get("data") or {}
     extra = ("- Trained as a demo on a small illustrative dataset with a 135M-parameter model: it shows the pipeline "
