@@ -99,11 +99,12 @@ def main(argv):
 
     clock = Clock()
     distributed.quiet_other_processes()  # under accelerate launch, one process prints and writes
-    cfg, origins = settings.resolve(globals(), argv, automatic=run_plan.automatic_preset)
+    # Settings decided once and frozen (constants -> preset -> command line, then CPU sizing, VAL_SIZE for a small
+    # file, GLOBAL_BATCH), with the plan (device, backend, precision): each automatic choice printed with its reason.
+    cfg, plan = run_plan.settle(globals(), argv, automatic=run_plan.automatic_preset, rows=readers.usable_row_count)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")  # for a crash report
     tracking.load_secrets()  # HF_TOKEN, WANDB_API_KEY from .env; never printed
-    plan = run_plan.plan_run(cfg, origins)  # device, backend, precision, CPU sizing: each printed with its reason
-    settings.print_settings("medical_fine_tuning.py", cfg, origins, plan.reasons, notes=(
+    settings.print_settings("medical_fine_tuning.py", cfg, plan.reasons, notes=(
         "on a GPU, the real run is simply: python medical_fine_tuning.py (Llama-3.2-3B on "
         "FreedomIntelligence/medical-o1-reasoning-SFT)",) if plan.demo else ())
     out, style = Path(cfg.OUTPUT_DIR), prompts.get_style(cfg.PROMPT_STYLE)

@@ -112,27 +112,27 @@ def say_estimate(cfg, plan, sft_folder, sft_info, style, tokenizer, questions, h
                                        reference_tokens=reference, probes=PROBES))
 
 
-def place_output(cfg, origins) -> None:
+def place_output(draft) -> None:
     """OUTPUT_DIR "" = beside the SFT run (outputs/<run>-dpo), so the demo never writes into a real run's folder."""
-    if cfg.OUTPUT_DIR:
+    if draft.OUTPUT_DIR:
         return
-    sft = Path(cfg.SFT_ADAPTER)
+    sft = Path(draft.SFT_ADAPTER)
     if sft.name == "adapter" or sft.exists():  # OUTPUT_DIR/adapter of a training run, or another local folder
         run = sft.parent if sft.name == "adapter" else sft
-        cfg.OUTPUT_DIR = str(run.with_name(run.name + "-dpo"))
+        folder, why = str(run.with_name(run.name + "-dpo")), f"the SFT run's folder {run} + -dpo"
     else:  # a Hub adapter id
-        cfg.OUTPUT_DIR = str(Path("outputs") / f"{sft.name}-dpo")
-    origins["OUTPUT_DIR"] = "beside the SFT run"
+        folder, why = str(Path("outputs") / f"{sft.name}-dpo"), f"outputs/ + the Hub adapter's name + -dpo"
+    draft.choose("OUTPUT_DIR", folder, "beside the SFT run", why)
 
 
-def ensure_sft_adapter(cfg, origins) -> None:
+def ensure_sft_adapter(cfg) -> None:
     """The demo's SFT adapter: when the preset's adapter is missing, the trainer's own demo (the command a user runs)
     writes it. An adapter named on the command line is never trained here: a missing one is an error."""
     import subprocess
     import sys
     from medreason.config.errors import UserError
     adapter = Path(cfg.SFT_ADAPTER)
-    given = origins.get("SFT_ADAPTER") == "command line"
+    given = cfg.origin("SFT_ADAPTER").kind == "command line"
     if (adapter / "adapter_config.json").is_file() or not cfg.TRAIN_SFT_IF_MISSING or given:
         return
     trainer = Path(__file__).resolve().with_name("medical_fine_tuning.py")
@@ -153,19 +153,20 @@ def main(argv):
     from medreason.evaluate.results import Clock, write_results
 
     clock = Clock()
-    cfg, origins = settings.resolve(globals(), argv, automatic=automatic_preset, preset_dir=_PRESET_DIR)
-    place_output(cfg, origins)
+    # Settings decided once and frozen (OUTPUT_DIR placed, CPU sizing, GLOBAL_BATCH), with the plan (device,
+    # backend, the one precision decision): each automatic choice printed with its reason.
+    cfg, plan = run_plan.settle(globals(), argv, automatic=automatic_preset, preset_dir=_PRESET_DIR,
+                                output=place_output)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")
     tracking.load_secrets()
-    plan = run_plan.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
     demo = cfg.PRESET == _DEMO_PRESET
-    if demo:  # the trainer's DEMO MODE line describes the trainer's demo; this stage says its own (demo_note)
-        plan.reasons = [r for r in plan.reasons if not r.startswith("DEMO MODE")]
-    settings.print_settings("preference_tuning.py", cfg, origins, plan.reasons, notes=(demo_note(cfg),) if demo else ())
+    # the trainer's DEMO MODE line describes the trainer's demo; this stage says its own (demo_note)
+    reasons = [r for r in plan.reasons if not (demo and r.startswith("DEMO MODE"))]
+    settings.print_settings("preference_tuning.py", cfg, reasons, notes=(demo_note(cfg),) if demo else ())
     out = Path(cfg.OUTPUT_DIR)
 
     # 0. Checks, before anything long: the SFT adapter (the demo trains it first), the DPO config, W&B, resume.
-    ensure_sft_adapter(cfg, origins)
+    ensure_sft_adapter(cfg)
     sft_folder, sft_info = dpo.sft_facts(cfg.SFT_ADAPTER)
     style, tokenizer = dpo.sft_style(sft_info), dpo.sft_tokenizer(sft_folder, sft_info)
     report_to = tracking.setup_wandb(cfg.REPORT_TO, cfg.WANDB_PROJECT, cfg.OUTPUT_DIR)

@@ -95,17 +95,17 @@ def gpu_memory_gib() -> float:
     return torch.cuda.get_device_properties(0).total_memory / 2 ** 30
 
 
-def place_output(cfg, origins) -> None:
+def place_output(draft) -> None:
     """OUTPUT_DIR "" = beside the SFT run (outputs/<run>-rl), so the demo never writes into a real run's folder."""
-    if cfg.OUTPUT_DIR:
+    if draft.OUTPUT_DIR:
         return
-    sft = Path(cfg.SFT_ADAPTER)
-    if sft.name == "adapter" or sft.exists():
+    sft = Path(draft.SFT_ADAPTER)
+    if sft.name == "adapter" or sft.exists():  # OUTPUT_DIR/adapter of a training run, or another local folder
         run = sft.parent if sft.name == "adapter" else sft
-        cfg.OUTPUT_DIR = str(run.with_name(run.name + "-rl"))
+        folder, why = str(run.with_name(run.name + "-rl")), f"the SFT run's folder {run} + -rl"
     else:  # a Hub adapter id
-        cfg.OUTPUT_DIR = str(Path("outputs") / f"{sft.name}-rl")
-    origins["OUTPUT_DIR"] = "beside the SFT run"
+        folder, why = str(Path("outputs") / f"{sft.name}-rl"), f"outputs/ + the Hub adapter's name + -rl"
+    draft.choose("OUTPUT_DIR", folder, "beside the SFT run", why)
 
 
 def main(argv):
@@ -118,25 +118,27 @@ def main(argv):
     from preference_tuning import ensure_sft_adapter
 
     clock = Clock()
-    cfg, origins = settings.resolve(globals(), argv, automatic=automatic_preset, preset_dir=_PRESET_DIR)
-    place_output(cfg, origins)
+    # Settings decided once and frozen (OUTPUT_DIR placed, CPU sizing, GLOBAL_BATCH), with the plan (device,
+    # backend, the one precision decision): each automatic choice printed with its reason.
+    cfg, plan = run_plan.settle(globals(), argv, automatic=automatic_preset, preset_dir=_PRESET_DIR,
+                                output=place_output)
     errors.set_run_context(output_dir=cfg.OUTPUT_DIR, settings=cfg, step="0. checks")
     tracking.load_secrets()
-    plan = run_plan.plan_run(cfg, origins)  # device, backend, the one precision decision: each printed with its reason
+    reasons = list(plan.reasons)
     notes = [f"vLLM sampling: {'on' if cfg.USE_VLLM else 'off'} (USE_VLLM; requirements-gpu.txt does not install "
              f"vLLM, whose wheels pin their own torch: Colab's torch is kept, and on a T4 it would also need a second "
              f"copy of the weights and its KV cache in the same 15 GB)"]
     if cfg.PRESET == _DEMO_PRESET:  # the trainer's DEMO MODE line describes the trainer's demo; this stage says its own
-        plan.reasons = [r for r in plan.reasons if not r.startswith("DEMO MODE")]
+        reasons = [r for r in reasons if not r.startswith("DEMO MODE")]
         notes.append(f"DEMO MODE: the embedded SmolLM2-135M with the SFT demo adapter ({cfg.SFT_ADAPTER}) on the "
                      f"shipped illustrative multiple-choice questions, {cfg.MAX_STEPS} GRPO steps, written to "
                      f"{cfg.OUTPUT_DIR}. It shows the stage working, not a better model.")
-    settings.print_settings("rl_tuning.py", cfg, origins, plan.reasons, notes=tuple(notes))
+    settings.print_settings("rl_tuning.py", cfg, reasons, notes=tuple(notes))
     out = Path(cfg.OUTPUT_DIR)
 
     # 0. Checks, before anything long: the SFT adapter (the demo trains it first), the questions, the rewards, the
     #    GRPO config, W&B, resume.
-    ensure_sft_adapter(cfg, origins)
+    ensure_sft_adapter(cfg)
     sft_folder, sft_info = sft_facts(cfg.SFT_ADAPTER)
     style, tokenizer = sft_style(sft_info), sft_tokenizer(sft_folder, sft_info)
     layout, rows = grpo.read_questions(cfg.DATASET, cfg.DATASET_CONFIG)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import medical_fine_tuning
-from medreason.config import hardware, run_plan, settings
+from medreason.config import hardware, run_plan
 from medreason.model import for_inference
 from medreason.config.errors import UserError
 
@@ -34,8 +34,7 @@ def pretend_cpu(monkeypatch, flags, rates, capability):
 
 def demo_plan(*overrides):
     """The no-argument command's plan on this (CUDA-less) machine, with command-line overrides."""
-    cfg, origins = settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=run_plan.automatic_preset)
-    return run_plan.plan_run(cfg, origins)
+    return run_plan.settle(vars(medical_fine_tuning), list(overrides), automatic=run_plan.automatic_preset)[1]
 
 
 def reason(plan, start):

@@ -1,11 +1,17 @@
-"""Automatic choices made once per run (preset when none is named, CPU sizing, backend, precision), each with its
-reason."""
+"""The one place a run's settings are decided (settle): layered (settings.layer: constants -> preset -> command line),
+then every automatic choice (preset when none is named, output folder, CPU sizing, VAL_SIZE for a small file,
+GLOBAL_BATCH -> GRAD_ACCUM), each printed with its reason and recorded as the value's origin, then frozen; and the run
+plan (device, backend, precision, optimizer) for those frozen settings. A rule applies only to a setting the script
+declares, so no script declares a setting because a rule here reads it."""
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-from medreason.config import distributed, hardware
+from medreason.config import distributed, hardware, settings
+from medreason.config.settings import Draft, Settings
 from medreason.model.embedded import EMBEDDED
 from medreason.config.errors import UserError
 
@@ -14,7 +20,7 @@ GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
 DEMO_PRESET, SMALL_MODEL_PRESET = "demo", "smollm2"  # configs/demo.yaml, configs/smollm2.yaml
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     backend: str  # "unsloth" or "transformers"
     device: str  # "cuda", "mps" or "cpu"
@@ -22,7 +28,7 @@ class Plan:
     load_in_4bit: bool
     optim: str
     demo: bool = False  # the offline demo (configs/demo.yaml)
-    reasons: list[str] = field(default_factory=list)
+    reasons: tuple[str, ...] = ()
     processes: int = 1  # under accelerate launch / torchrun: one per GPU
 
 
@@ -41,24 +47,63 @@ def automatic_preset(values: dict, given: set[str]) -> tuple[str, str] | None:
 
 
 CPU_EVAL_SAMPLES = 4  # held-out answers generated per model on a CPU unless EVAL_SAMPLES is given on the command line
+VAL_SHARE = 10  # VAL_SIZE left at the script's constant holds out at most 1/VAL_SHARE of a small file's rows
 
 
-def size_for_cpu(cfg, origins: dict[str, str], device: str) -> dict[str, str]:
+def settle(namespace: dict, argv: list[str], automatic=None, preset_dir: Path = settings.PRESET_DIR,
+           output: Callable[[Draft], None] | None = None,
+           rows: Callable[[str, str | None], int | None] | None = None) -> tuple[Settings, Plan]:
+    """A script's settings, decided once and frozen, with the run plan. `automatic` picks a preset when none is named;
+    `output(draft)` places an empty OUTPUT_DIR (draft.choose); `rows(DATASET, DATASET_CONFIG)` counts a local file's
+    usable rows for VAL_SIZE (None: unknown, e.g. a Hub dataset, which is left to the data step)."""
+    draft = settings.layer(namespace, argv, automatic, preset_dir)
+    machine = hardware.detect()
+    if output is not None:
+        output(draft)
+    for name, why in size_for_cpu(draft, machine.device).items():
+        draft.say(f"{name}: {why}. --{name}=... sets it.")
+    if rows is not None:
+        size_validation(draft, rows)
+    if draft.declares("BATCH_SIZE") and draft.declares("GRAD_ACCUM"):
+        draft.say(effective_batch(draft, distributed.world_size()))
+    cfg = draft.freeze()
+    return cfg, plan_run(cfg, machine)
+
+
+def size_for_cpu(draft: Draft, device: str) -> dict[str, str]:
     """GPU-sized defaults a CPU should not use, changed unless a preset or the command line set them: {name: why}.
-    Each change is recorded in origins as "sized for CPU"."""
+    Each change is recorded as the value's origin, "sized for CPU"."""
     if device == "cuda":
         return {}
     changes = {}
-    if "EVAL_SAMPLES" not in origins and cfg.EVAL_SAMPLES > CPU_EVAL_SAMPLES:
-        cfg.EVAL_SAMPLES = CPU_EVAL_SAMPLES
-        changes["EVAL_SAMPLES"] = (f"{CPU_EVAL_SAMPLES} on a CPU (generation runs at ~12 tokens/s here; the GPU "
-                                   f"default of 20 answers per model would take over an hour)")
-    if "GRADIENT_CHECKPOINTING" not in origins and cfg.GRADIENT_CHECKPOINTING:
-        cfg.GRADIENT_CHECKPOINTING = False
-        changes["GRADIENT_CHECKPOINTING"] = ("off on a CPU: activations live in RAM, not in a T4's 15 GB, and "
-                                              "recomputing them made each step 1.4x slower (bench/RESULTS.md)")
-    origins.update({name: "sized for CPU" for name in changes})
-    return changes
+    if draft.declares("EVAL_SAMPLES") and not draft.set_by_user("EVAL_SAMPLES") and \
+            draft.EVAL_SAMPLES > CPU_EVAL_SAMPLES:
+        changes["EVAL_SAMPLES"] = (CPU_EVAL_SAMPLES, f"{CPU_EVAL_SAMPLES} on a CPU (generation runs at ~12 tokens/s "
+                                   f"here; the GPU default of 20 answers per model would take over an hour)")
+    if draft.declares("GRADIENT_CHECKPOINTING") and not draft.set_by_user("GRADIENT_CHECKPOINTING") and \
+            draft.GRADIENT_CHECKPOINTING:
+        changes["GRADIENT_CHECKPOINTING"] = (False, "off on a CPU: activations live in RAM, not in a T4's 15 GB, and "
+                                                    "recomputing them made each step 1.4x slower (bench/RESULTS.md)")
+    for name, (value, why) in changes.items():
+        draft.choose(name, value, "sized for CPU", why)  # settle says it, with its --NAME hint
+    return {name: why for name, (value, why) in changes.items()}
+
+
+def size_validation(draft: Draft, rows: Callable[[str, str | None], int | None]) -> None:
+    """VAL_SIZE left at the script's constant (100, sized for the Hub dataset) holds out at most 10% of a small file's
+    usable rows, so 150 rows keep 135 to train on instead of 50. A preset's or the command line's VAL_SIZE is kept
+    (the data step refuses one that leaves no training rows)."""
+    if not draft.declares("VAL_SIZE") or draft.set_by_user("VAL_SIZE"):
+        return
+    count = rows(draft.DATASET, getattr(draft, "DATASET_CONFIG", None))
+    if count is None or count < 2 or draft.VAL_SIZE <= count // VAL_SHARE:
+        return
+    default, sized = draft.VAL_SIZE, max(1, count // VAL_SHARE)
+    left = f"{count - default} rows" if count > default else "no rows"
+    why = (f"{sized}, 10% of the {count} usable rows of {draft.DATASET} (the default {default} would leave "
+           f"{left} to train on)")
+    draft.choose("VAL_SIZE", sized, f"sized for the data ({count} rows)", why)
+    draft.say(f"VAL_SIZE: {why}. --VAL_SIZE=... sets it.")
 
 
 def _import_unsloth() -> str | None:
@@ -72,21 +117,22 @@ def _import_unsloth() -> str | None:
     return None
 
 
-def plan_run(cfg, origins: dict[str, str]) -> Plan:
-    """Device, backend, precision and optimizer for these settings, each with its reason (CPU sizing included)."""
-    machine = hardware.detect()
+def plan_run(cfg: Settings, machine: hardware.Hardware | None = None) -> Plan:
+    """Device, backend, precision and optimizer for these frozen settings, each with its reason; the automatic
+    choices settle made (CPU sizing, VAL_SIZE, the effective batch) are said in their place."""
+    machine = machine or hardware.detect()
     device = machine.device
     reasons = [f"device: {machine.describe()}"]
-    if origins.get("PRESET", "").startswith("automatic"):
-        reasons.append(f"PRESET={cfg.PRESET!r}: {origins['PRESET'][len('automatic: '):]}")
-    demo = cfg.PRESET == DEMO_PRESET
+    preset = getattr(cfg, "PRESET", "")
+    if cfg.origin("PRESET").kind == "automatic":
+        reasons.append(f"PRESET={preset!r}: {cfg.origin('PRESET').reason}")
+    demo = preset == DEMO_PRESET
     if demo:
         reasons.append(f"DEMO MODE: the embedded SmolLM2-135M on the shipped illustrative rows (the minutes for this "
                        f"CPU are estimated before training starts), written to its own folder {cfg.OUTPUT_DIR!r} "
                        f"(settings given on the command line still win)")
-    reasons += [f"{name}: {why}. --{name}=... sets it." for name, why in size_for_cpu(cfg, origins, device).items()]
+    reasons += cfg.choices
     processes = distributed.world_size()
-    reasons.append(effective_batch(cfg, origins, processes))
     backend = choose_backend(cfg.BACKEND, device, reasons, cfg.PRECISION)
     precision, why = hardware.choose_precision(cfg.PRECISION, machine, backend)
     reasons.append(f"precision: {why}")
@@ -104,32 +150,33 @@ def plan_run(cfg, origins: dict[str, str]) -> Plan:
         if cfg.LOAD_IN_4BIT:
             reasons.append(f"LOAD_IN_4BIT ignored on {device}: bitsandbytes 4-bit training needs CUDA on the "
                            f"transformers backend")
-    return Plan(backend, device, precision, load_in_4bit, optim, demo, reasons, processes)
+    return Plan(backend, device, precision, load_in_4bit, optim, demo, tuple(reasons), processes)
 
 
-def effective_batch(cfg, origins: dict[str, str], processes: int) -> str:
+def effective_batch(draft: Draft, processes: int) -> str:
     """Rows per optimizer update = processes x BATCH_SIZE x GRAD_ACCUM; GLOBAL_BATCH, when set, fixes GRAD_ACCUM so
     that moving from 1 to N GPUs keeps the recipe. Returns the sentence that says so."""
-    per_step = processes * cfg.BATCH_SIZE
-    if cfg.GLOBAL_BATCH is not None:
-        if cfg.GLOBAL_BATCH < 1 or cfg.GLOBAL_BATCH % per_step:
-            nearest = per_step * max(1, round(cfg.GLOBAL_BATCH / per_step))
-            raise UserError(f"GLOBAL_BATCH={cfg.GLOBAL_BATCH} is not a multiple of processes ({processes}) x "
-                            f"BATCH_SIZE ({cfg.BATCH_SIZE}) = {per_step}. Fix: --GLOBAL_BATCH={nearest}, or another "
+    per_step = processes * draft.BATCH_SIZE
+    global_batch = getattr(draft, "GLOBAL_BATCH", None)
+    if global_batch is not None:
+        if global_batch < 1 or global_batch % per_step:
+            nearest = per_step * max(1, round(global_batch / per_step))
+            raise UserError(f"GLOBAL_BATCH={global_batch} is not a multiple of processes ({processes}) x "
+                            f"BATCH_SIZE ({draft.BATCH_SIZE}) = {per_step}. Fix: --GLOBAL_BATCH={nearest}, or another "
                             f"BATCH_SIZE.")
-        if origins.get("GRAD_ACCUM") == "command line" and cfg.GRAD_ACCUM != cfg.GLOBAL_BATCH // per_step:
-            raise UserError(f"GRAD_ACCUM={cfg.GRAD_ACCUM} and GLOBAL_BATCH={cfg.GLOBAL_BATCH} disagree with "
-                            f"{processes} process(es) x BATCH_SIZE {cfg.BATCH_SIZE}. Fix: give one of the two.")
-        cfg.GRAD_ACCUM = cfg.GLOBAL_BATCH // per_step
-        origins["GRAD_ACCUM"] = "from GLOBAL_BATCH"
-    rows = per_step * cfg.GRAD_ACCUM
-    said = (f"effective batch: {processes} process{'es' if processes > 1 else ''} x BATCH_SIZE {cfg.BATCH_SIZE} x "
-            f"GRAD_ACCUM {cfg.GRAD_ACCUM} = {rows} rows per optimizer update")
-    if cfg.GLOBAL_BATCH is not None:
-        return said + f" (GRAD_ACCUM set from GLOBAL_BATCH={cfg.GLOBAL_BATCH})"
+        if draft.origin("GRAD_ACCUM").kind == settings.COMMAND_LINE and draft.GRAD_ACCUM != global_batch // per_step:
+            raise UserError(f"GRAD_ACCUM={draft.GRAD_ACCUM} and GLOBAL_BATCH={global_batch} disagree with "
+                            f"{processes} process(es) x BATCH_SIZE {draft.BATCH_SIZE}. Fix: give one of the two.")
+        draft.choose("GRAD_ACCUM", global_batch // per_step, "from GLOBAL_BATCH",
+                     f"GLOBAL_BATCH {global_batch} / ({processes} process(es) x BATCH_SIZE {draft.BATCH_SIZE})")
+    rows = per_step * draft.GRAD_ACCUM
+    said = (f"effective batch: {processes} process{'es' if processes > 1 else ''} x BATCH_SIZE {draft.BATCH_SIZE} x "
+            f"GRAD_ACCUM {draft.GRAD_ACCUM} = {rows} rows per optimizer update")
+    if global_batch is not None:
+        return said + f" (GRAD_ACCUM set from GLOBAL_BATCH={global_batch})"
     if processes > 1:
-        return said + (f"; with one process it would be {cfg.BATCH_SIZE * cfg.GRAD_ACCUM}: --GLOBAL_BATCH="
-                       f"{cfg.BATCH_SIZE * cfg.GRAD_ACCUM} keeps that recipe")
+        return said + (f"; with one process it would be {draft.BATCH_SIZE * draft.GRAD_ACCUM}: --GLOBAL_BATCH="
+                       f"{draft.BATCH_SIZE * draft.GRAD_ACCUM} keeps that recipe")
     return said
 
 

@@ -5,14 +5,20 @@ command line (nanoGPT's configurator, typed; presets are axolotl/LLaMA-Factory-s
     python medical_fine_tuning.py --PRESET=path/to/mine.yaml
 
 Every value's origin is kept ("preset demo", "command line", ...) so the printed settings say where each came from.
+The result is frozen (Settings): run_plan.settle makes the automatic choices on the Draft, then nothing changes a
+setting.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
 
 from medreason.config.errors import UserError
 
@@ -99,9 +105,96 @@ def parse_overrides(argv: list[str], defaults: dict, annotations: dict | None = 
     return overrides
 
 
-def resolve(namespace: dict, argv: list[str], automatic=None,
-            preset_dir: Path = PRESET_DIR) -> tuple[types.SimpleNamespace, dict[str, str]]:
-    """The script's settings, layered constants -> preset -> command line, and each non-default value's origin.
+@dataclass(frozen=True)
+class Origin:
+    """Where a setting's value came from: kind is "constant", "preset", "command line" or "automatic"; label is what
+    the settings table prints after "<-" ("" for a script constant); reason is why an automatic choice was made."""
+    kind: str
+    label: str = ""
+    reason: str = ""
+
+
+THE_CONSTANT = Origin("constant")
+
+
+class Settings:
+    """A run's settings, resolved once and frozen: cfg.NAME reads a value, assigning raises
+    dataclasses.FrozenInstanceError. Each script gets its own frozen dataclass of its constants (typed by their
+    annotations, else their defaults' types); `origin(NAME)` says where a value came from, `choices` the printed lines
+    of the automatic choices, in the order they were made."""
+    _origins: Mapping[str, Origin] = MappingProxyType({})
+    _choices: tuple[str, ...] = ()
+
+    def origin(self, name: str) -> Origin:
+        return self._origins.get(name, THE_CONSTANT)
+
+    @property
+    def origins(self) -> dict[str, str]:
+        """{NAME: label} of every value the settings table marks (preset, command line, automatic)."""
+        return {name: o.label for name, o in self._origins.items() if o.label}
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self._choices
+
+    def __reduce__(self):  # each run's class is made at run time: pickle (deepcopy, dill) rebuilds it from its parts
+        types_ = {f.name: f.type for f in dataclasses.fields(self)}
+        return _rebuild, (dict(vars(self)), dict(self._origins), types_, self._choices)
+
+
+def _rebuild(values: dict, origins: dict, types_: dict, choices: tuple) -> Settings:
+    draft = Draft(values, origins, types_)
+    draft.lines = list(choices)
+    return draft.freeze()
+
+
+class Draft:
+    """Settings while they are decided: layered here, then the run plan's automatic choices (run_plan.settle), then
+    freeze(). Only resolve() and run_plan.settle hold one; nothing else sees settings before they are frozen."""
+
+    def __init__(self, values: dict, origins: dict[str, Origin], types_: dict[str, object]):
+        self.values, self._origin, self._types, self.lines = values, origins, types_, []
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def declares(self, name: str) -> bool:
+        """Whether the script has this setting: a rule for a setting a script lacks does not apply to it."""
+        return name in self.values
+
+    def origin(self, name: str) -> Origin:
+        return self._origin.get(name, THE_CONSTANT)
+
+    def set_by_user(self, name: str) -> bool:
+        """Given in a preset or on the command line: an automatic choice leaves it as it is."""
+        return self.origin(name).kind in {"preset", COMMAND_LINE}
+
+    def choose(self, name: str, value, label: str, reason: str) -> None:
+        """An automatic choice: the value, the label the settings table prints, and why (kept as its origin)."""
+        self.values[name] = value
+        self._origin[name] = Origin("automatic", label, reason)
+
+    def say(self, line: str) -> None:
+        """A line printed under "Automatic choices" (each choice's reason, the effective batch), in order."""
+        self.lines.append(line)
+
+    def freeze(self) -> Settings:
+        fields = [(name, self._types.get(name, typing.Any)) for name in self.values]
+        cls = dataclasses.make_dataclass("Settings", fields, bases=(Settings,), frozen=True, namespace={
+            "_origins": MappingProxyType(dict(self._origin)), "_choices": tuple(self.lines)})
+        return cls(**self.values)
+
+
+def _types_of(defaults: dict, annotations: dict) -> dict[str, object]:
+    return {name: annotations.get(name, typing.Any if value is None else type(value))
+            for name, value in defaults.items()}
+
+
+def layer(namespace: dict, argv: list[str], automatic=None, preset_dir: Path = PRESET_DIR) -> Draft:
+    """The script's settings, layered constants -> preset -> command line, each with its origin.
 
     The preset is PRESET (a constant, or --PRESET=...), a name in preset_dir (each script has its own folder: the
     trainer's is configs/) or a path; when neither names one, `automatic(values, given)` may choose one (e.g. the
@@ -109,27 +202,37 @@ def resolve(namespace: dict, argv: list[str], automatic=None,
     defaults = collect(namespace)
     annotations = namespace.get("__annotations__", {})
     overrides = parse_overrides(argv, defaults, annotations)
-    origins: dict[str, str] = {}
+    origins: dict[str, Origin] = {}
     preset = overrides.get("PRESET", defaults.get("PRESET"))
     if preset:
-        origins["PRESET"] = COMMAND_LINE if "PRESET" in overrides else "the constant"
+        origins["PRESET"] = (Origin(COMMAND_LINE, COMMAND_LINE) if "PRESET" in overrides
+                             else Origin("constant", "the constant"))
     elif automatic:
         chosen = automatic({**defaults, **overrides}, set(overrides))
         if chosen:
             preset, why = chosen
-            origins["PRESET"] = f"automatic: {why}"
+            origins["PRESET"] = Origin("automatic", f"automatic: {why}", why)
     values = {**defaults, "PRESET": preset} if "PRESET" in defaults else dict(defaults)
     for name, (value, origin) in (load_preset(preset, defaults, annotations, preset_dir) if preset else {}).items():
-        values[name], origins[name] = value, origin
+        values[name], origins[name] = value, Origin("preset", origin)
     values.update(overrides)
-    origins.update({name: COMMAND_LINE for name in overrides})
-    return types.SimpleNamespace(**values), origins
+    origins.update({name: Origin(COMMAND_LINE, COMMAND_LINE) for name in overrides})
+    return Draft(values, origins, _types_of(defaults, annotations))
 
 
-def print_settings(script: str, cfg, origins: dict[str, str], reasons: list[str], notes: tuple = ()) -> None:
+def resolve(namespace: dict, argv: list[str], automatic=None,
+            preset_dir: Path = PRESET_DIR) -> tuple[Settings, dict[str, str]]:
+    """The layered settings alone, frozen, and the labels of the non-constant ones. A training script resolves its
+    settings with run_plan.settle, which adds the automatic choices (CPU sizing, GRAD_ACCUM, folders, VAL_SIZE)."""
+    cfg = layer(namespace, argv, automatic, preset_dir).freeze()
+    return cfg, cfg.origins
+
+
+def print_settings(script: str, cfg: Settings, reasons, notes: tuple = ()) -> None:
     """The resolved settings, each with its origin when not the constant, then the automatic choices and why."""
     print("=" * 100)
     print(f"Settings (constants at the top of {script} -> PRESET -> --NAME=value on the command line):")
+    origins = cfg.origins
     for name, value in vars(cfg).items():
         print(f"  {name:<24}= {value!r}" + (f" <- {origins[name]}" if name in origins else ""))
     print("Automatic choices:")
