@@ -213,3 +213,15 @@ def test_rows_are_counted_only_for_a_readable_local_file(tmp_path):
     bad.write_text("{not json\n")
     assert readers.usable_row_count(str(bad)) is None
     assert readers.usable_row_count("demo") == 36
+
+
+def test_an_sft_adapter_named_on_the_command_line_is_never_trained_by_the_stage(monkeypatch, tmp_path):
+    import subprocess
+    import preference_tuning
+    from medreason.config import run_plan
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("the SFT demo must not run"))
+    cfg, _ = run_plan.settle(vars(preference_tuning), ["--BACKEND=transformers", "--TRAIN_SFT_IF_MISSING=True",
+                                                      f"--SFT_ADAPTER={tmp_path / 'missing' / 'adapter'}"],
+                             preset_dir=preference_tuning._PRESET_DIR, output=preference_tuning.place_output)
+    assert cfg.origin("SFT_ADAPTER").kind == "command line"
+    assert preference_tuning.ensure_sft_adapter(cfg) is None
