@@ -20,8 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from medreason.data.layouts import FIELDS, INSTRUCTION, MEDICAL_O1, MESSAGES, TRAINING, DataError, detect, kind_of, \
-    shown, text_problem
+from medreason.data.layouts import (FIELDS, INSTRUCTION, MEDICAL_O1, MESSAGES, TRAINING, DataError, detect, kind_of,
+                                    shown, text_problem)
 from medreason.data.safety_set import mix_into, samples_per_kind
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
