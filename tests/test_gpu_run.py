@@ -43,6 +43,11 @@ def script_settings(*overrides: str):
     return run_plan.settle(vars(medical_fine_tuning), list(overrides), automatic=run_plan.automatic_preset)
 
 
+def layered_settings(*overrides: str):
+    """The layered values alone, frozen (no plan: no backend choice, so no Unsloth import): (cfg, origins)."""
+    return settings.resolve(vars(medical_fine_tuning), list(overrides), automatic=run_plan.automatic_preset)
+
+
 def test_a_t4_gets_fp16_in_the_plan_the_trainer_config_and_the_unsloth_load(monkeypatch, tmp_path):
     pretend_gpu(monkeypatch, "Tesla T4", (7, 5))
     monkeypatch.setattr(run_plan, "_import_unsloth", lambda: None)  # as if Unsloth imported on that GPU
@@ -78,8 +83,7 @@ def test_forced_precision_is_checked_against_the_hardware():
     assert hardware.choose_precision("auto", cpu, "unsloth")[0] == "bf16"
     assert hardware.choose_precision("auto", cpu, "transformers")[0] == "fp32"
     with pytest.raises(UserError, match="PRECISION='half': choose one of"):
-        hardware.choose_precision(settings.resolve(vars(medical_fine_tuning), ["--PRECISION=half"])[0].PRECISION, cpu,
-                                  "transformers")  # the layered value alone: no backend choice (no Unsloth import)
+        hardware.choose_precision(layered_settings("--PRECISION=half")[0].PRECISION, cpu, "transformers")
 
 
 def test_the_inference_loader_uses_the_same_precision_decision(monkeypatch, tiny_adapter):
@@ -235,7 +239,7 @@ def test_the_demo_writes_to_its_own_folder(monkeypatch):
 def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model_dir, demo_rows, tmp_path):
     from datasets import Dataset
     from medreason.answers.prompts import to_conversation
-    cfg, _ = script_settings(f"--MODEL_NAME={tiny_model_dir}", f"--OUTPUT_DIR={tmp_path}", "--MAX_STEPS=1",
+    cfg, _ = layered_settings(f"--MODEL_NAME={tiny_model_dir}", f"--OUTPUT_DIR={tmp_path}", "--MAX_STEPS=1",
                              "--SAVE_STEPS=1", "--VAL_SIZE=0", "--EVAL_STEPS=0", "--MAX_SEQ_LENGTH=256",
                              "--BATCH_SIZE=2", "--GRAD_ACCUM=1", "--TARGET_MODULES=q_proj,v_proj")
     plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
@@ -246,13 +250,13 @@ def test_a_checkpoint_of_another_base_model_is_refused_before_loading(tiny_model
                                      sft.build_sft_config(cfg, plan, [], tmp_path / "checkpoints"))
     sft.train(trainer, None, tmp_path, sft.run_info(cfg, plan, style))
     assert sft.resume_point(tmp_path / "checkpoints", cfg, plan).endswith("checkpoint-1")  # same run: resumes
-    other, _ = script_settings("--MODEL_NAME=embedded", "--TARGET_MODULES=q_proj,v_proj")
+    other, _ = layered_settings("--MODEL_NAME=embedded", "--TARGET_MODULES=q_proj,v_proj")
     with pytest.raises(UserError, match=r"MODEL_NAME '.*tiny-llama.*' -> 'embedded'.*Fix"):
         sft.resume_point(tmp_path / "checkpoints", other, plan)
 
 
 def test_bad_trainer_settings_fail_before_anything_loads(tmp_path):
-    cfg, _ = script_settings("--LR_SCHEDULER=cosin")
+    cfg, _ = layered_settings("--LR_SCHEDULER=cosin")
     plan = run_plan.Plan("transformers", "cpu", "fp32", False, "adamw_torch")
     with pytest.raises(UserError, match="LR_SCHEDULER='cosin'.*Did you mean 'cosine'"):
         sft.build_sft_config(cfg, plan, [], tmp_path)

@@ -2,6 +2,7 @@
 library noise filtered with its reason (the continuous-batching double free: its cause reproduced), and each stage
 run on the embedded model printing the project's lines and none of the known noise."""
 import copy
+import dataclasses
 import json
 import logging
 import subprocess
@@ -75,8 +76,8 @@ def test_the_preference_estimate_grows_with_questions_x_candidates(monkeypatch):
     plan = Plan("transformers", "cpu", "fp32", False, "adamw_torch")
 
     def parts(questions, k=cfg.NUM_CANDIDATES):
-        cfg.NUM_CANDIDATES = k
-        est = estimates.preference(cfg, plan, SMALL, "", questions, 2, 100.0, candidates=True, judge=SMALL, probes=2)
+        asked = dataclasses.replace(cfg, NUM_CANDIDATES=k)  # the settings are frozen: a changed copy
+        est = estimates.preference(asked, plan, SMALL, "", questions, 2, 100.0, candidates=True, judge=SMALL, probes=2)
         return {p.name: p for p in est.parts}, est
     four, est = parts(4)
     assert list(four) == ["candidates", "judge", "DPO", "SFT vs DPO"]
