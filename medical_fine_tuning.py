@@ -125,7 +125,7 @@ def main(argv):
     preflight.check_training_data(prepared, tokenizer, cfg.MAX_SEQ_LENGTH)
     preflight.say_training_estimate(cfg, plan, model_path, prepared)  # minutes from this run's steps x rows x tokens
     benchmarks.preflight_contamination(prepared.train, cfg.BENCHMARKS)  # a warning with the count and an example
-    resume = sft.resume_point(out / "checkpoints", cfg)
+    resume = sft.resume_point(out / "checkpoints", cfg, plan)
     clock.lap("data_and_preflight")
     if cfg.DRY_RUN:
         print(f"[dry run] settings, data and preflight checked in {clock.timings()['total']:.0f} s; no model weights "
@@ -146,7 +146,7 @@ def main(argv):
     clock.lap("train")
 
     # 5. Save the adapter before anything else can fail (the main process writes it; the others wait).
-    adapter_dir = sft.save_final_adapter(trainer, model, tokenizer, out / "adapter", info)
+    adapter_dir = sft.save_final_adapter(trainer, model, tokenizer, out / "adapter", info, train_result.global_step)
 
     # 6. Evaluate: eval loss, then base (adapter disabled) vs tuned answers to held-out questions, shared out
     #    over the processes when there are several.

@@ -212,7 +212,7 @@ def main(argv):
     clock.lap("train")
 
     # 6. Save the DPO adapter (training_info.json: both stages, the SFT prompt) before anything else can fail.
-    adapter_dir = dpo.save(model, tokenizer, out / "adapter", info)
+    adapter_dir = dpo.save(model, tokenizer, out / "adapter", info, train_result.global_step)
     print(f"[save] DPO adapter and tokenizer -> {adapter_dir}")
 
     # 7. SFT vs DPO on the held-out questions: our evaluator for each adapter, and the judge's win rate.

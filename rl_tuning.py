@@ -175,7 +175,7 @@ def main(argv):
     clock.lap("train")
 
     # 3. Save the RL adapter (training_info.json: every stage, the SFT prompt) before anything else can fail.
-    adapter_dir = grpo.save(model, tokenizer, out / "adapter", info)
+    adapter_dir = grpo.save(model, tokenizer, out / "adapter", info, train_result.global_step)
     print(f"[save] RL adapter and tokenizer -> {adapter_dir}")
 
     # 4. SFT vs RL on the held-out questions, with the reward curves; results.json and the model card.

@@ -9,7 +9,6 @@ not the raw base (which is what disabling every adapter would give). After train
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from medreason.config.errors import UserError
@@ -21,8 +20,9 @@ POLICY, REFERENCE = "default", "ref"  # trl's names for the trained adapter and 
 # --- stage 1: the SFT adapter ------------------------------------------------------------------------------------
 
 def sft_facts(sft_adapter: str) -> tuple[Path, dict]:
-    """(adapter folder, its training_info.json), checked before anything loads."""
-    from medreason.model.for_inference import fetch, read_training_info
+    """(adapter folder, its run record), checked before anything loads."""
+    from medreason.model import run_record
+    from medreason.model.for_inference import fetch
     path = Path(sft_adapter).expanduser()
     looks_local = path.exists() or sft_adapter.startswith((".", "/", "~")) or sft_adapter.count("/") != 1
     if looks_local and not (path / "adapter_config.json").is_file():
@@ -37,9 +37,9 @@ def sft_facts(sft_adapter: str) -> tuple[Path, dict]:
     if not (folder / "adapter_config.json").is_file():
         raise UserError(f"SFT_ADAPTER={sft_adapter!r} holds no adapter_config.json. Fix: the adapter folder of an SFT "
                         f"run (OUTPUT_DIR/adapter).")
-    info = read_training_info(folder)
+    info = run_record.read(folder)
     if not info:
-        print(f"[sft] {folder} has no training_info.json: its prompt is taken to be the default think_response style")
+        print(f"[sft] {folder} has no {run_record.FILE_NAME}: its prompt is taken to be the default think_response style")
     return folder, info
 
 
@@ -102,21 +102,13 @@ def for_training(model, backend: str):
 
 # --- stage 2: DPO ------------------------------------------------------------------------------------------------
 
-def trained_by(cfg, sft_folder: Path) -> dict:
-    """The settings that decide the DPO weights: a finished adapter with the same ones is not trained again, and a
-    checkpoint of other ones is not resumed."""
-    names = ("DATASET", "DATASET_CONFIG", "TRAIN_QUESTIONS", "EVAL_SAMPLES", "NUM_CANDIDATES", "TEMPERATURE", "TOP_P",
-             "MAX_NEW_TOKENS", "JUDGE", "JUDGE_MODEL", "JUDGE_MAX_NEW_TOKENS", "JUDGE_SAMPLES", "JUDGE_TEMPERATURE",
-             "MIN_MARGIN", "MAX_SEQ_LENGTH", "BETA", "LEARNING_RATE",
-             "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED")
-    return {"SFT_ADAPTER": str(sft_folder.resolve()), **{name: getattr(cfg, name) for name in names}}
-
-
 def run_info(cfg, plan, sft_folder: Path, sft_info: dict, style) -> dict:
-    """training_info.json of the DPO adapter: the SFT model's base and prompt (inference asks exactly as both stages
-    were trained), and both stages named."""
+    """The DPO adapter's run record (model/run_record.py): the SFT model's base and prompt (inference asks exactly
+    as both stages were trained), both stages named, and the settings that decide the DPO weights (a finished
+    adapter with the same ones is not trained again; a checkpoint of other ones is not resumed)."""
     from medreason.answers.prompts import TEMPLATE_DATE
-    by = trained_by(cfg, sft_folder)
+    from medreason.model import run_record
+    by = run_record.trained_by("dpo", cfg, plan, SFT_ADAPTER=str(sft_folder.resolve()))
     return {**sft_info, "model_name": sft_info.get("model_name", by["SFT_ADAPTER"]), "prompt_style": style.name,
             "system_prompt": style.system_prompt, "template_date": sft_info.get("template_date", TEMPLATE_DATE),
             "max_seq_length": cfg.MAX_SEQ_LENGTH, "backend": plan.backend, "precision": plan.precision,
@@ -163,21 +155,19 @@ def build_trainer(model, tokenizer, examples: list[dict], dpo_config, backend: s
     return trainer
 
 
-def resume_point(checkpoint_dir: Path, by: dict) -> str | None:
+def resume_point(checkpoint_dir: Path, by: dict, stage: str = "dpo") -> str | None:
     """The newest complete checkpoint, if it was trained with these very settings (else a UserError); None when
     there is none or training already finished."""
-    from medreason.train.sft import RUN_INFO, finished_step, last_checkpoint
+    from medreason.model import run_record
+    from medreason.train.sft import last_checkpoint
     checkpoint = last_checkpoint(checkpoint_dir)
     if checkpoint:
-        saved_path = checkpoint_dir / RUN_INFO
-        saved = json.loads(saved_path.read_text()).get("trained_by") if saved_path.is_file() else None
-        differences = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in json.loads(json.dumps(by)).items()
-                       if saved is not None and saved.get(k) != v]
-        if saved is None or differences:
-            raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(differences) or 'unknown'}), "
-                            f"so this run cannot resume from it. Fix: another --OUTPUT_DIR, delete {checkpoint_dir} "
-                            f"to start over, or pass the settings it was trained with.")
-    if finished_step(checkpoint_dir.parent, by) is not None:
+        differences = run_record.resume_differences(checkpoint_dir, stage, by)
+        if differences:
+            raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(differences)}), so this run "
+                            f"cannot resume from it. Fix: another --OUTPUT_DIR, delete {checkpoint_dir} to start over, "
+                            f"or pass the settings it was trained with.")
+    if run_record.finished_step(checkpoint_dir.parent, by) is not None:
         return None
     if checkpoint:
         print(f"[dpo] resuming from {checkpoint} (delete {checkpoint_dir} to start over)")
@@ -187,12 +177,11 @@ def resume_point(checkpoint_dir: Path, by: dict) -> str | None:
 def reusable_pairs(out: Path, info: dict) -> list | None:
     """The pairs an earlier run of these very settings wrote and began training on (its checkpoints or its finished
     adapter say so): a resumed run trains on exactly those, without writing candidates again."""
+    from medreason.model import run_record
     from medreason.preference.pairs import PAIRS_FILE, read_source
-    from medreason.train.sft import RUN_INFO, finished_step
-    path, run_info_path = out / PAIRS_FILE, out / "checkpoints" / RUN_INFO
-    began = run_info_path.is_file() and json.loads(run_info_path.read_text()).get("trained_by") == \
-        json.loads(json.dumps(info["trained_by"]))
-    if not path.is_file() or not (began or finished_step(out, info["trained_by"]) is not None):
+    path, began = out / PAIRS_FILE, run_record.read(out / "checkpoints")
+    began = bool(began) and not run_record.differences(began, info["trained_by"])
+    if not path.is_file() or not (began or run_record.finished_step(out, info["trained_by"]) is not None):
         return None
     print(f"[pairs] reusing {path}, written by the run being resumed")
     return read_source(str(path))[1]
@@ -212,10 +201,11 @@ def train(trainer, resume: str | None, out: Path, info: dict):
     return training.train(trainer, resume, out, info)
 
 
-def save(model, tokenizer, folder: Path, info: dict) -> Path:
-    """The DPO adapter alone (save_adapter writes the active adapter: trl's frozen "ref" copy of SFT is not kept)."""
+def save(model, tokenizer, folder: Path, info: dict, finished_at_step: int | None = None) -> Path:
+    """The DPO adapter alone (save_adapter writes the active adapter: trl's frozen "ref" copy of SFT is not kept),
+    its run record marked finished at `finished_at_step` (train's TrainOutput.global_step)."""
     from medreason.model.for_training import save_adapter
-    return save_adapter(model, tokenizer, folder, info)
+    return save_adapter(model, tokenizer, folder, info, finished_at_step)
 
 
 def answer_with(model, adapter: str, tokenizer, questions, kind: str, style, max_new_tokens: int, batch_size: int,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID
 from medreason.config.errors import UserError
-from medreason.model.for_inference import adapter_base, read_training_info
+from medreason.model import run_record
+from medreason.model.for_inference import adapter_base
 from medreason.publish.hub import PushPlan, check_repo_id, check_write_access, describe_folder, license_for, retry_command
 
 ADAPTER_VARIABLE = "MEDREASON_ADAPTER"  # app.py serves the adapter this environment variable names
@@ -90,7 +91,7 @@ def _adapter_facts(run_dir: Path) -> tuple[str, bool]:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json, so there is no adapter for a Space to serve. Fix: "
                         f"pass the OUTPUT_DIR of a finished training run.")
-    base = adapter_base(adapter, read_training_info(adapter))
+    base = adapter_base(adapter, run_record.read(adapter))
     if base == EMBEDDED:
         return EMBEDDED_HUB_ID, True
     return (base if base.count("/") == 1 and not Path(base).exists() else ""), False

@@ -30,21 +30,14 @@ DEMO_QUESTIONS = Path(__file__).resolve().parents[1] / "demo_data" / "mcq_demo.j
 
 # --- the run record ----------------------------------------------------------------------------------------------
 
-def trained_by(cfg, sft_folder: Path) -> dict:
-    """The settings that decide the RL weights: a finished adapter with the same ones is not trained again, and a
-    checkpoint of other ones is not resumed."""
-    names = ("DATASET", "DATASET_CONFIG", "TRAIN_QUESTIONS", "EVAL_SAMPLES", "BENCHMARKS", "REWARDS",
-             "VERIFIER", "VERIFIER_MODEL", "NUM_GENERATIONS", "TEMPERATURE", "TOP_P", "MAX_NEW_TOKENS",
-             "MAX_SEQ_LENGTH", "BETA", "LOSS_TYPE", "SCALE_REWARDS", "LEARNING_RATE", "BATCH_SIZE", "GRAD_ACCUM",
-             "MAX_STEPS", "LR_SCHEDULER", "WARMUP_STEPS", "WEIGHT_DECAY", "SEED")
-    return {"SFT_ADAPTER": str(sft_folder.resolve()), **{name: getattr(cfg, name) for name in names}}
-
-
 def run_info(cfg, plan, sft_folder: Path, sft_info: dict, style, rewards: list) -> dict:
-    """training_info.json of the RL adapter: the SFT model's base and prompt (inference asks as every stage was
-    trained), and every stage named: those the SFT adapter already records (SFT, perhaps DPO), then RL."""
+    """The RL adapter's run record (model/run_record.py): the SFT model's base and prompt (inference asks as every
+    stage was trained), every stage named (those the SFT adapter already records, SFT and perhaps DPO, then RL), and
+    the settings that decide the RL weights (a finished adapter with the same ones is not trained again; a
+    checkpoint of other ones is not resumed)."""
     from medreason.answers.prompts import TEMPLATE_DATE
-    by = trained_by(cfg, sft_folder)
+    from medreason.model import run_record
+    by = run_record.trained_by("rl", cfg, plan, SFT_ADAPTER=str(sft_folder.resolve()))
     earlier = sft_info.get("stages") or [{"stage": "sft", "trainer": "trl SFTTrainer", "adapter": by["SFT_ADAPTER"],
                                           "trained_by": sft_info.get("trained_by", {})}]
     rl = {"stage": "rl", "trainer": "trl GRPOTrainer", "start_adapter": by["SFT_ADAPTER"],
@@ -266,7 +259,7 @@ def build_trainer(model, tokenizer, examples, grpo_config, reward_functions: lis
 
 def resume_point(checkpoint_dir: Path, by: dict) -> str | None:
     from medreason.preference.dpo import resume_point as checked_resume_point
-    return checked_resume_point(checkpoint_dir, by)
+    return checked_resume_point(checkpoint_dir, by, stage="rl")
 
 
 def train(trainer, resume: str | None, out: Path, info: dict):
@@ -276,10 +269,11 @@ def train(trainer, resume: str | None, out: Path, info: dict):
     return train_policy(trainer, resume, out, info)
 
 
-def save(model, tokenizer, folder: Path, info: dict) -> Path:
-    """The RL adapter alone (save_adapter writes the active adapter: neither "ref" nor "sft" is kept)."""
+def save(model, tokenizer, folder: Path, info: dict, finished_at_step: int | None = None) -> Path:
+    """The RL adapter alone (save_adapter writes the active adapter: neither "ref" nor "sft" is kept), its run
+    record marked finished at `finished_at_step` (train's TrainOutput.global_step)."""
     from medreason.model.for_training import save_adapter
-    return save_adapter(model, tokenizer, folder, info)
+    return save_adapter(model, tokenizer, folder, info, finished_at_step)
 
 
 # --- SFT vs RL -----------------------------------------------------------------------------------------------------
