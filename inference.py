@@ -104,7 +104,7 @@ def main(argv) -> int:
     disclaimer = not args.no_disclaimer
 
     def ask(question: str):
-        if line := emergency_line(question):  # chest pain, stroke signs, suicidal thoughts (medreason/evaluate/safety.py)
+        if line := emergency_line(question):  # chest pain, stroke signs, suicidal thoughts (medreason/answers/emergency.py)
             print(line)
         streamer = display.make_streamer(loaded.tokenizer, args.show_thinking, style=loaded.style)
         answer, = answering.answer_batch(loaded.model, loaded.tokenizer, [question], loaded.style, budget,

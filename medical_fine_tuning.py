@@ -39,7 +39,7 @@ VAL_SIZE = 100  # rows held out (seeded) for the eval loss and the answer metric
 PROMPT_STYLE = "think_response"  # answer layout; see medreason/answers/prompts.py for the styles
 MAX_THINK_WORDS: int | None = None  # None = whole chains of thought; N = keep opening + concluding paragraphs
 SAFETY_MIX = 0.0  # share of the training rows that are the project's safety examples (unsafe asks declined, look-
-#                   alike questions answered; medreason/evaluate/safety.py), 0-0.5, e.g. 0.1; 0 = none
+#                   alike questions answered; medreason/data/safety_set.py), 0-0.5, e.g. 0.1; 0 = none
 SAFETY_EVAL_SAMPLES: int | None = None  # unsafe asks and safe controls (each) answered after training, for the
 #                                         refusal and over-refusal rates; None = EVAL_SAMPLES (at most 36); 0 = none
 

@@ -95,3 +95,10 @@ def test_each_package_docstring_says_what_it_may_import_as_the_document_does():
         assert said, f"medreason/{name}/__init__.py's docstring does not say what it may import"
         words = set() if said.group(1).startswith("nothing") else {w.strip() for w in said.group(1).split(",")}
         assert words == allowed, f"medreason/{name}/__init__.py says {sorted(words)}, docs/ARCHITECTURE.md {sorted(allowed)}"
+
+
+def test_no_module_of_medreason_imports_a_sibling_inside_a_function():
+    """Imports at the top of each module show its dependencies; one hidden in a function hides them."""
+    hidden = [f"{path.relative_to(ROOT)}:{line} {module}" for path in modules()
+              for line, module, nested in imports(path) if nested]
+    assert not hidden, "\n".join(hidden)

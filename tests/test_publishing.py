@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from medreason.model import exports
+from medreason.model import exports, run_record
 from medreason.publish import hub
 from medreason.config.errors import UserError
 from medreason.evaluate import report
@@ -168,8 +168,12 @@ def test_a_failed_push_keeps_everything_and_prints_the_retry(run_dir, monkeypatc
 def test_merged_export_gives_the_same_logits_as_base_plus_adapter(tiny_model_dir, tiny_adapter, tmp_path, tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    merged_dir = exports.merge_adapter(str(tiny_model_dir), tiny_adapter, tmp_path / "merged")
+    merged_dir = exports.save_merged(None, None, "transformers", str(tiny_model_dir), tiny_adapter, tmp_path / "merged")
     assert not (merged_dir / "adapter_config.json").exists()
+    assert run_record.read(merged_dir) == run_record.read(tiny_adapter) != {}  # asked as the adapter was trained
+    (tmp_path / "blocked").write_text("a file where the merged folder goes")
+    with pytest.raises(UserError, match="the merged model was not written to .*blocked"):
+        exports.save_merged(None, None, "transformers", str(tiny_model_dir), tiny_adapter, tmp_path / "blocked")
     batch = tokenizer(["<think>chest pain and sweating", "gout"], return_tensors="pt", padding=True)
     with torch.no_grad():
         expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from medreason.config import quiet
+
 # Lowered in this order when a GPU runs out of memory: the batch costs the most, then the sequence length, then the
 # batch of the final evaluation (which only matters if the run got that far).
 OOM_SETTINGS = ("BATCH_SIZE", "MAX_SEQ_LENGTH", "EVAL_BATCH_SIZE")
@@ -100,7 +102,6 @@ def run_cli(main) -> None:
     an out-of-memory error the settings to lower."""
     import traceback
 
-    from medreason.config import quiet
     quiet.install()  # the known-harmless library warnings, before the script imports torch and friends
     try:
         status = main(sys.argv[1:])

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from medreason.config import distributed, hardware, settings
-from medreason.config.settings import Draft, Settings
-from medreason.model.embedded import EMBEDDED
+from medreason.config.settings import EMBEDDED, Draft, Settings
 from medreason.config.errors import UserError
 
 # The GPU default a CPU run cannot use: left as is on a machine with no CUDA, the script switches to a CPU preset.

@@ -24,6 +24,7 @@ from medreason.config.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 COMMAND_LINE = "command line"
+EMBEDDED = "embedded"  # the MODEL_NAME of the model shipped inside a package (model/embedded.py); picks the demo preset
 
 
 class SettingsError(UserError):

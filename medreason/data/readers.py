@@ -20,8 +20,20 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from medreason.data.layouts import (FIELDS, INSTRUCTION, MEDICAL_O1, MESSAGES, TRAINING, DataError, detect, kind_of,
-                                    shown, text_problem)
+from medreason.answers.prompts import to_example
+from medreason.answers.tags import parse_answer
+from medreason.data.layouts import (
+    DataError,
+    FIELDS,
+    INSTRUCTION,
+    MEDICAL_O1,
+    MESSAGES,
+    TRAINING,
+    detect,
+    kind_of,
+    shown,
+    text_problem,
+)
 from medreason.data.safety_set import mix_into, samples_per_kind
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
@@ -349,7 +361,6 @@ def _messages_row(record: dict) -> dict | str:
 def fit_rows_to_style(rows: list[dict], style, source: str) -> list[dict]:
     """Rows without a separate reasoning (instruction, messages) for a style that trains one: their answers must
     already be written in that style's layout, whose parser splits them; otherwise the combination is refused."""
-    from medreason.answers.tags import parse_answer
     if not style.reasoning or all(row["Complex_CoT"] for row in rows):
         return rows
     fitted = []
@@ -428,7 +439,6 @@ class TrainingData:
 def prepare_training_data(cfg, style, tokenizer) -> TrainingData:
     """Read, validate, shorten (MAX_THINK_WORDS), split and format the run's rows, printing what happened.
     The tokenizer renders the examples of text-form styles (r1); it may be None in a dry run of another style."""
-    from medreason.answers.prompts import to_example
     records = load_records(cfg.DATASET, cfg.DATASET_CONFIG)
     rows, dropped = validate(records, cfg.DATASET)
     print(f"[data] {len(rows)} usable rows ({detect(records, cfg.DATASET, TRAINING).name} layout) from {cfg.DATASET}"

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medreason.config.errors import UserError
+from medreason.data import readers
+from medreason.evaluate.contamination import overlaps
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "benchmarks"
 HUATUO_SOURCE = "HuatuoGPT-o1 (arXiv 2412.18925), Table 1, as quoted in issue #22"
@@ -215,7 +217,6 @@ def resolve(names: str | list[str], config_dir: Path = CONFIG_DIR) -> list[Bench
 
 def load(bench: Benchmark) -> list[dict]:
     """The benchmark's rows in our layout. Offline with no cached copy: one line naming the id and how to get it."""
-    from medreason.data import readers
     path = Path(bench.dataset).expanduser()
     if path.suffix.lower() in readers.LOCAL_SUFFIXES or path.exists():
         records = readers.load_records(str(path), setting=f"benchmark {bench.name}")
@@ -283,7 +284,6 @@ def training_text(row) -> str:
 def contamination(train_rows: list[dict], suites: dict, chars: int = 64) -> dict:
     """{benchmark: {"rows": [indexes of overlapping training rows], "count", "example"}} for suites (name ->
     (Benchmark, rows, ...)): HuatuoGPT-o1's rule, a shared run of `chars` characters with a benchmark question."""
-    from medreason.evaluate.contamination import overlaps
     texts = [training_text(r) for r in train_rows]
     found = {}
     for name, (bench, rows, *_) in suites.items():

@@ -15,13 +15,18 @@ import random
 from dataclasses import dataclass, field
 
 from medreason.answers.choices import extract_choice, mcq_question
-from medreason.data.layouts import EVALUATION, FIELDS, MCQ_FIELDS, detect, shown, text_problem
-from medreason.config.distributed import is_main, on_every_share
-from medreason.config.errors import UserError
 from medreason.answers.generation import generate
-from medreason.evaluate.metrics import compliance_flags, rouge_l_scores
 from medreason.answers.prompts import PromptStyle, generation_prompt, to_example, tokenize_example
 from medreason.answers.tags import closing_marker
+from medreason.config.distributed import is_main, on_every_share
+from medreason.config.errors import UserError, set_run_context
+from medreason.data.layouts import EVALUATION, FIELDS, MCQ_FIELDS, detect, shown, text_problem
+from medreason.data.safety_set import samples_per_kind
+from medreason.evaluate import safety
+from medreason.evaluate.metrics import compliance_flags, rouge_l_scores
+from medreason.evaluate.report import write_report
+from medreason.train.preflight import say_prompt_lengths
+from medreason.train.sft import final_eval_loss
 
 
 def detect_kind(records: list[dict], source: str) -> str:
@@ -143,7 +148,6 @@ def score(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max
 def compare(model, tokenizer, rows: list[dict], kind: str, style: PromptStyle, max_new_tokens: int,
             batch_size: int, seed: int = 0, include_base: bool = True, engine: str = "auto") -> dict[str, ModelAnswers]:
     """The base model (the same weights with the adapter disabled: nothing loaded twice) and the tuned model."""
-    from medreason.train.preflight import say_prompt_lengths
     say_prompt_lengths(model, tokenizer, [generation_prompt(tokenizer, q, style) for q in questions_for(rows, kind)],
                        "evaluation")
     results = {}
@@ -161,8 +165,6 @@ def evaluate_held_out(model, tokenizer, rows: list[dict], style: PromptStyle, ma
                       engine: str = "auto", safety_per_kind: int = 0) -> dict[str, ModelAnswers]:
     """The trainer's last step: base vs tuned on held-out rows, and on safety_per_kind unsafe asks and as many safe
     controls of the held-out safety set (safety.py), reported to out_dir (report.md, charts...)."""
-    from medreason.evaluate import safety
-    from medreason.evaluate.report import write_report
     if not rows:
         return {}
     results = compare(model, tokenizer, rows, "reasoning", style, max_new_tokens, batch_size, seed=seed,
@@ -182,8 +184,6 @@ def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: Promp
     Returns (comparison, eval loss, the rows evaluated)."""
     import json
 
-    from medreason.config.errors import set_run_context
-    from medreason.train.sft import final_eval_loss
     set_run_context(step="6. evaluate (the adapter is saved)")
     eval_loss = final_eval_loss(trainer) if val_rows else None  # every process takes part
     if is_main():
@@ -192,7 +192,6 @@ def evaluate_run(trainer, model, tokenizer, backend: str, val_rows, style: Promp
         from unsloth import FastLanguageModel
         FastLanguageModel.for_inference(model)
     sample = list(val_rows.select(range(min(cfg.EVAL_SAMPLES, len(val_rows))))) if val_rows else []
-    from medreason.data.safety_set import samples_per_kind
     safety_per_kind = samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), cfg.EVAL_SAMPLES)
     comparison = evaluate_held_out(model, tokenizer, sample, style, cfg.MAX_NEW_TOKENS, cfg.EVAL_BATCH_SIZE,
                                    cfg.SEED, out / "evaluation",

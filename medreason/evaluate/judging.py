@@ -16,8 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from medreason.answers.choices import extract_choice
+from medreason.answers.generation import GREEDY, Sampling, generate
 from medreason.answers.tags import parse_answer
 from medreason.config.errors import UserError
+from medreason.config.hardware import torch_dtype
+from medreason.evaluate.metrics import rouge_l_scores
+from medreason.model.for_training import load_tokenizer, resolve_model_path
 
 JUDGES = ("model", "reference", "choice")
 RUBRIC_SYSTEM = "You are a strict examiner of medical answers. You grade answers; you never answer the question."
@@ -125,7 +130,6 @@ class ModelJudge:
         """Verdicts on response texts as they are (a probe's reference answer, an answer's response part)."""
         import contextlib
 
-        from medreason.answers.generation import GREEDY, Sampling, generate
         texts = [self.tokenizer.apply_chat_template(rubric_messages(q.text, r, q.reference), tokenize=False,
                                                     add_generation_prompt=True) + VERDICT_OPENING
                  for q, r in zip(questions, responses, strict=True) for _ in range(self.samples)]
@@ -154,7 +158,6 @@ class ReferenceJudge:
         self.style = style
 
     def score(self, questions, answers: list[str]) -> list[Verdict]:
-        from medreason.evaluate.metrics import rouge_l_scores
         scores = rouge_l_scores(answers, [q.reference for q in questions], self.style)
         return [Verdict(s, f"ROUGE-L {s:.3f}") for s in scores]
 
@@ -169,7 +172,6 @@ class ChoiceJudge:
         self.style = style
 
     def score(self, questions, answers: list[str]) -> list[Verdict]:
-        from medreason.answers.choices import extract_choice
         verdicts = []
         for question, answer in zip(questions, answers, strict=True):
             letter = extract_choice(answer, question.options, self.style)
@@ -228,7 +230,6 @@ def probe(judge: ModelJudge, questions) -> list[Verdict]:
 
 def judge_tokenizer(judge_model: str):
     """The judge model's tokenizer, loaded before anything long: a judge that cannot be found fails in seconds."""
-    from medreason.model.for_training import load_tokenizer, resolve_model_path
     try:
         tokenizer = load_tokenizer(resolve_model_path(judge_model))
     except UserError as e:
@@ -249,7 +250,6 @@ def load_judge(cfg, plan, style, policy=None, policy_tokenizer=None, policy_base
         return ReferenceJudge(style)
     if cfg.JUDGE == "choice":
         return ChoiceJudge(style)
-    from medreason.model.for_training import resolve_model_path
     path = resolve_model_path(cfg.JUDGE_MODEL)
     if policy is not None and policy_base is not None and path == resolve_model_path(policy_base):
         print(f"[judge] {cfg.JUDGE_MODEL}: the policy's own base model, its adapters switched off while judging")
@@ -257,7 +257,6 @@ def load_judge(cfg, plan, style, policy=None, policy_tokenizer=None, policy_base
                           **_judging(cfg))
     from transformers import AutoModelForCausalLM
 
-    from medreason.config.hardware import torch_dtype
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(plan.precision)).to(plan.device).eval()
     print(f"[judge] {cfg.JUDGE_MODEL} loaded ({plan.precision})")
     return ModelJudge(model, judge_tokenizer(cfg.JUDGE_MODEL), cfg.JUDGE_MODEL, style=style, **_judging(cfg))

@@ -25,6 +25,11 @@ from medreason.answers.answering import answer_batch
 from medreason.answers.choices import extract_choice, mcq_question
 from medreason.answers.generation import GREEDY, Sampling
 from medreason.answers.prompts import PromptStyle
+from medreason.config.distributed import is_main
+from medreason.config.errors import UserError, set_run_context
+from medreason.evaluate import benchmarks
+from medreason.evaluate.comparison import mean_metric
+from medreason.evaluate.report import benchmark_lines, write_benchmark_report
 
 HUATUO_PROMPT = "Please answer the following multiple-choice question:\n{question}\n{option_str}"
 HUATUO_SAMPLING = Sampling(do_sample=True, temperature=0.5, top_p=0.9)  # eval.py's call_model
@@ -93,7 +98,6 @@ def run(model, tokenizer, rows: list[dict], protocol: str, style: PromptStyle, m
 
 
 def score(rows: list[dict], answers: list, protocol: str, style, seed: int = 0) -> Scored:
-    from medreason.evaluate.comparison import mean_metric
     if protocol == "huatuo":
         picks = [huatuo_choice(a.text, r["options"]) for a, r in zip(answers, rows)]
         first = [float(p[0] == r["answer"]) for p, r in zip(picks, rows)]
@@ -178,8 +182,6 @@ def describe(protocol: str, max_new_tokens: int, seed: int, think_budget: int | 
 def load_suites(names: str, limit: int, seed: int, data=None) -> dict:
     """name -> (Benchmark, rows, how they were sampled): every benchmark loaded (and a local file in our layout)
     before any model loads; --limit / BENCHMARK_LIMIT takes a seeded sample stratified by the correct letter."""
-    from medreason.evaluate import benchmarks
-    from medreason.config.errors import UserError
     declared = benchmarks.resolve(names) if names else []
     if data:
         if not Path(data).is_file():
@@ -199,13 +201,9 @@ def load_suites(names: str, limit: int, seed: int, data=None) -> dict:
 def after_training(model, tokenizer, cfg, style: PromptStyle, out, train_rows=None) -> dict | None:
     """The trainer's BENCHMARKS, base vs tuned (strict protocol, BENCHMARK_LIMIT questions each), written to
     <OUTPUT_DIR>/benchmarks (report.md, results.json: the model card's model-index reads it)."""
-    from medreason.config.distributed import is_main
-    from medreason.evaluate.report import benchmark_lines, write_benchmark_report
     names = getattr(cfg, "BENCHMARKS", "")
     if not names or not is_main():
         return None
-    from medreason.evaluate import benchmarks
-    from medreason.config.errors import set_run_context
     set_run_context(step="7. exam benchmarks (the adapter is saved)")
     suites = load_suites(names, cfg.BENCHMARK_LIMIT, cfg.SEED)
     think = getattr(cfg, "THINK_BUDGET", None) or None

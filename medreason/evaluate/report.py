@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medreason.config.errors import UserError
+
 ORDER = ("rouge_l", "format_compliance", "perplexity", "accuracy", "extraction_rate")
 LOWER_IS_BETTER = {"perplexity"}
 
@@ -172,7 +174,6 @@ def question_examples(questions) -> list[tuple[str, str | None]]:
 def read_run(run_dir: Path) -> dict:
     """What a finished training run wrote, for a notebook or a report: its results, metrics table, answer statuses,
     evaluated samples and training log."""
-    from medreason.config.errors import UserError
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         raise UserError(f"{results_path} not found. Fix: point RUN_DIR at the OUTPUT_DIR of a finished training run.")

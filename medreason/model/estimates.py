@@ -19,6 +19,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medreason.answers.generation import GREEDY, continuous_unavailable, generate
+from medreason.answers.prompts import generation_prompt
+from medreason.config import hardware
+from medreason.model.embedded import EMBEDDED, embedded_model_dir
+
 
 # Measured on the 2-core AMD EPYC of this project's CI (avx512_bf16; fp32 matmul ~150 GFLOP/s, bf16 ~350) with the
 # embedded SmolLM2-135M, torch 2.13 / transformers 5.17; `python -m medreason.model.estimates` prints them again.
@@ -87,10 +92,8 @@ def shape_from_config(config: dict) -> Shape:
 
 def model_shape(model_name: str) -> tuple[Shape | None, str]:
     """(shape, "") from the model's config.json (a local folder, "embedded", or the Hub cache), else (None, why)."""
-    from medreason.model.embedded import EMBEDDED
     path = None
     if model_name == EMBEDDED:
-        from medreason.model.embedded import embedded_model_dir
         path = Path(embedded_model_dir()) / "config.json"
     elif Path(model_name).expanduser().is_dir():
         path = Path(model_name).expanduser() / "config.json"
@@ -110,9 +113,8 @@ def rate_for(precision: str, device: str) -> tuple[float | None, str]:
     """(GFLOP/s, basis) measured on this CPU for the run's precision; (None, why) on a GPU."""
     if device != "cpu":
         return None, f"the matmul rate is measured on a CPU, and this run is on {device}"
-    from medreason.config.hardware import compute_rate
     precision = precision if precision in ("fp32", "bf16") else "fp32"
-    rate = compute_rate(precision)
+    rate = hardware.compute_rate(precision)
     return rate, f"{precision} matmul measured at {rate:.0f} GFLOP/s"
 
 
@@ -199,8 +201,6 @@ def say_evaluation(loaded, rows: list[dict], kind: str, questions: list[str], bu
     """evaluate.py's [estimate] line for the loaded model (its own config, dtype and device) and these rows."""
     import torch
 
-    from medreason.answers.generation import GREEDY, continuous_unavailable
-    from medreason.answers.prompts import generation_prompt
     model, tokenizer = loaded.model, loaded.tokenizer
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     dtype = next(base.parameters()).dtype
@@ -280,9 +280,6 @@ def calibrate(seats=(1, 8), new_tokens: int = 48) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medreason.model.embedded import embedded_model_dir
-    from medreason.answers.generation import generate
-    from medreason.config.hardware import compute_rate
     folder = str(embedded_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -300,7 +297,7 @@ def calibrate(seats=(1, 8), new_tokens: int = 48) -> dict:
         per_step[n] = (time.perf_counter() - start) / max(steps, 1)
     (low, t_low), (high, t_high) = sorted(per_step.items())
     per_seat = max((t_high - t_low) / (high - low), 1e-6)
-    rate = compute_rate("fp32")
+    rate = hardware.compute_rate("fp32")
     return {"seconds_per_step": per_step, "STEP_SECONDS_PER_LAYER": max(t_low - per_seat * low, 0) / shape.layers,
             "DECODE_EFFICIENCY": 2 * shape.params / (rate * 1e9 * per_seat), "fp32_gflops": rate}
 

@@ -130,10 +130,17 @@ def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, dtype=None) 
 
 
 def save_merged(model, tokenizer, backend: str, base_path: str, adapter_dir: Path, out_dir: Path) -> Path:
+    """The merged model, with the adapter's run record beside it: inference asks a merged model as it was trained."""
     if backend == "unsloth":
         model.save_pretrained_merged(str(out_dir), tokenizer, save_method="merged_16bit")
-        return out_dir
-    return merge_adapter(base_path, adapter_dir, out_dir)
+    else:
+        merge_adapter(base_path, adapter_dir, out_dir)
+    if not (Path(out_dir) / "config.json").is_file():  # transformers only logs when it cannot write there
+        raise UserError(f"the merged model was not written to {out_dir} (no config.json there). Fix: make "
+                        f"{out_dir} a writable folder (move away a file of that name), then export again.")
+    if record := run_record.read(adapter_dir):
+        run_record.write(out_dir, record)
+    return out_dir
 
 
 def save_gguf(model, tokenizer, out_dir: Path, method: str) -> Path:

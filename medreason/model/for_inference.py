@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from medreason.answers.prompts import PromptStyle, get_style
 from medreason.config import hardware
+from medreason.config.errors import UserError
+from medreason.config.run_plan import choose_backend as one_rule
 from medreason.model import run_record
 from medreason.model.embedded import EMBEDDED
-from medreason.config.errors import UserError
-from medreason.answers.prompts import PromptStyle, get_style
+from medreason.model.for_training import load_tokenizer, resolve_model_path
 
 
 @dataclass
@@ -70,7 +72,6 @@ def choose_backend(backend: str) -> str:
     """The run's one backend rule (runtime.choose_backend), for answering: Unsloth's fast inference on a CUDA GPU
     where it imports (a failed import said loudly), transformers + peft on a CPU unless --backend unsloth. Unsloth,
     when chosen, is imported here, before any model code."""
-    from medreason.config.run_plan import choose_backend as one_rule
     reasons: list[str] = []
     try:
         chosen = one_rule(backend, hardware.detect().device, reasons, generation=True)
@@ -89,7 +90,6 @@ def load(source: str, base_model: str | None = None, backend: str = "transformer
         from unsloth import FastLanguageModel  # before transformers, so that its patches apply
     from transformers import AutoModelForCausalLM
 
-    from medreason.model.for_training import load_tokenizer, resolve_model_path
     folder = fetch(source)
     info = run_record.read(folder)
     style = trained_style(info)

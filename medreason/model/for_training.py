@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medreason.answers.prompts import pin_template_date
 from medreason.config import distributed
-from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID, embedded_model_dir
 from medreason.config.errors import UserError
 from medreason.config.hardware import torch_dtype
-from medreason.answers.prompts import pin_template_date
+from medreason.model import run_record, storage
+from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID, embedded_model_dir
 
 
 def resolve_model_path(model_name: str) -> str:
@@ -150,7 +151,6 @@ def save_adapter(model, tokenizer, folder: Path, info: dict | None = None, finis
 
     Written beside `folder` and renamed into place (storage.save_folder): a full disk or a kill mid-save leaves the
     previous adapter intact, and a full disk is a one-line error naming the folder and the space it needs."""
-    from medreason.model import storage
     folder = Path(folder)
     needed = max(storage.folder_bytes(folder), storage.trainable_bytes(model) + storage.TOKENIZER_BYTES)
     return storage.save_folder(folder, lambda staging: _write_adapter(model, tokenizer, staging, info,
@@ -175,7 +175,6 @@ def write_training_info(folder: Path, info: dict, finished_at_step: int | None =
     adapter_config.json rather than this machine's cache path."""
     import json
 
-    from medreason.model import run_record
     if info.get("model_name") == EMBEDDED:
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text())

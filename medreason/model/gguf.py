@@ -27,8 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medreason.answers.generation import GREEDY, _decoded, closing_position
+from medreason.answers.prompts import _adds_bos, prompt_messages
 from medreason.config.errors import UserError
 from medreason.model import run_record
+from medreason.model.for_inference import Loaded, trained_style
+from medreason.model.for_training import load_tokenizer
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the pinned llama-cpp-python (requirements-cpu.txt); its sources carry the converter
 CONVERTER_DIR_VARIABLE = "LLAMA_CPP_DIR"  # a llama.cpp checkout to take convert_hf_to_gguf.py from instead
@@ -166,7 +170,6 @@ def chat_pieces(tokenizer, adds_bos: bool | None = None) -> ChatPieces:
     """Render the tokenizer's chat template on marked messages and read what it writes around each role.
     adds_bos: whether tokenizing adds the BOS token by itself (default: ask the tokenizer), as llama.cpp then does
     for Ollama: a BOS the template writes is then left out of Ollama's template."""
-    from medreason.answers.prompts import _adds_bos
     def render(messages, generation):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
@@ -334,9 +337,6 @@ def modelfile_text(gguf_name: str, template: str, system_prompt: str, stops: lis
 def write_modelfile(folder: Path, gguf_file: Path, tokenizer, info: dict, model_dir: Path | None,
                     max_new_tokens: int, context: int) -> Path:
     """The Modelfile beside the GGUF, its template checked against the tokenizer's for the trained prompt."""
-    from medreason.answers.generation import GREEDY
-    from medreason.model.for_inference import trained_style
-    from medreason.answers.prompts import prompt_messages
     style = trained_style(info)
     pieces = chat_pieces(tokenizer)
     template = ollama_template(pieces)
@@ -370,7 +370,6 @@ def export(merged_dir: Path, out_dir: Path, methods: tuple[str, ...], info: dict
            max_new_tokens: int) -> list[Path]:
     """Convert the merged model once to 16-bit GGUF, quantize it to each method, write the Modelfile for the first
     and training_info.json; returns the files written. The 16-bit file is kept only when asked for."""
-    from medreason.model.for_training import load_tokenizer
     out_dir.mkdir(parents=True, exist_ok=True)
     sixteen = sixteen_bit_type(merged_dir)
     base = out_dir / f"{name}-{sixteen}.gguf"
@@ -430,7 +429,6 @@ class LlamaCppModel:
                        stop_text: str | None = None, seed: int | None = None):
         """Each text continued one after another (llama.cpp here serves one sequence), stopping at an end-of-turn
         token or once stop_text is complete; returns generation.Generation objects, as generation.generate does."""
-        from medreason.answers.generation import _decoded, closing_position
         stop_ids = self.stop_ids(tokenizer)
         results = []
         for text in texts:
@@ -485,7 +483,6 @@ def gguf_tokenizer(path: Path):
 def load_gguf(source: str):
     """A GGUF file ready to answer: the model in llama.cpp, its tokenizer, and the prompt it was trained with (from
     the training_info.json the export writes beside it)."""
-    from medreason.model.for_inference import Loaded, trained_style
     path = Path(source).expanduser()
     if not path.is_file() or path.suffix != ".gguf":
         raise UserError(f"--gguf {source}: no such .gguf file. Fix: pass a file written by SAVE_GGUF, e.g. "

@@ -11,8 +11,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medreason.answers.generation import generate
+from medreason.answers.prompts import TEMPLATE_DATE, generation_prompt
+from medreason.answers.tags import closing_marker, parse_answer
 from medreason.config.errors import UserError
+from medreason.config.hardware import torch_dtype
+from medreason.evaluate.comparison import ModelAnswers, mean_metric, score
+from medreason.evaluate.judging import ModelJudge, judge_answers, load_judge
+from medreason.evaluate.metrics import compliance_flags
 from medreason.evaluate.report import dpo_comparison, margins, write_dpo_report
+from medreason.model import run_record
+from medreason.model.for_inference import adapter_base, fetch, trained_style
+from medreason.model.for_training import load_base, load_tokenizer, resolve_model_path, save_adapter
+from medreason.preference.pairs import PAIRS_FILE, read_source
+from medreason.train import sft as training
+from medreason.train.sft import (
+    guard_checkpoint_saves,
+    keep_trainable_weights_in_run_precision,
+    last_checkpoint,
+    trainer_arguments,
+)
 
 POLICY, REFERENCE = "default", "ref"  # trl's names for the trained adapter and the frozen copy it makes
 
@@ -21,8 +39,6 @@ POLICY, REFERENCE = "default", "ref"  # trl's names for the trained adapter and 
 
 def sft_facts(sft_adapter: str) -> tuple[Path, dict]:
     """(adapter folder, its run record), checked before anything loads."""
-    from medreason.model import run_record
-    from medreason.model.for_inference import fetch
     path = Path(sft_adapter).expanduser()
     looks_local = path.exists() or sft_adapter.startswith((".", "/", "~")) or sft_adapter.count("/") != 1
     if looks_local and not (path / "adapter_config.json").is_file():
@@ -45,19 +61,16 @@ def sft_facts(sft_adapter: str) -> tuple[Path, dict]:
 
 def sft_style(info: dict):
     """The prompt the SFT model was trained with (style and system prompt), as inference asks it."""
-    from medreason.model.for_inference import trained_style
     return trained_style(info)
 
 
 def sft_base(folder: Path, info: dict) -> str:
     """The base model under the SFT adapter: "embedded", a Hub id or a folder."""
-    from medreason.model.for_inference import adapter_base
     return adapter_base(folder, info)
 
 
 def sft_tokenizer(folder: Path, info: dict):
     """The tokenizer saved with the SFT adapter (its chat template, date pinned), else its base model's."""
-    from medreason.model.for_training import load_tokenizer, resolve_model_path
     if (folder / "tokenizer_config.json").is_file():
         return load_tokenizer(str(folder))
     return load_tokenizer(resolve_model_path(sft_base(folder, info)))
@@ -68,8 +81,6 @@ def load_policy(folder: Path, info: dict, plan, cfg):
     precision decision; the base is 4-bit where the plan says so, as in SFT training."""
     from peft import PeftModel
 
-    from medreason.config.hardware import torch_dtype
-    from medreason.model.for_training import load_base, resolve_model_path
     base_path = resolve_model_path(sft_base(folder, info))
     dtype = torch_dtype(plan.precision)
     if plan.backend == "unsloth":  # Unsloth's documented way to train an adapter further: load the adapter folder
@@ -106,8 +117,6 @@ def run_info(cfg, plan, sft_folder: Path, sft_info: dict, style) -> dict:
     """The DPO adapter's run record (model/run_record.py): the SFT model's base and prompt (inference asks exactly
     as both stages were trained), both stages named, and the settings that decide the DPO weights (a finished
     adapter with the same ones is not trained again; a checkpoint of other ones is not resumed)."""
-    from medreason.answers.prompts import TEMPLATE_DATE
-    from medreason.model import run_record
     by = run_record.trained_by("dpo", cfg, plan, SFT_ADAPTER=str(sft_folder.resolve()))
     return {**sft_info, "model_name": sft_info.get("model_name", by["SFT_ADAPTER"]), "prompt_style": style.name,
             "system_prompt": style.system_prompt, "template_date": sft_info.get("template_date", TEMPLATE_DATE),
@@ -124,7 +133,6 @@ def build_dpo_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
     """trl's DPOConfig, built (and so checked by transformers and trl) before any model loads."""
     from trl import DPOConfig
 
-    from medreason.train.sft import trainer_arguments
     try:
         return DPOConfig(
             **trainer_arguments(cfg, plan, report_to, checkpoint_dir),
@@ -140,7 +148,6 @@ def build_trainer(model, tokenizer, examples: list[dict], dpo_config, backend: s
     """trl's DPOTrainer on the pairs; the reference model is the SFT adapter's frozen copy ("ref")."""
     from datasets import Dataset
 
-    from medreason.train.sft import guard_checkpoint_saves, keep_trainable_weights_in_run_precision
     if backend == "unsloth":  # as Unsloth documents for DPO: patch before the trainer is built
         from unsloth import PatchDPOTrainer
         PatchDPOTrainer()
@@ -158,8 +165,6 @@ def build_trainer(model, tokenizer, examples: list[dict], dpo_config, backend: s
 def resume_point(checkpoint_dir: Path, by: dict, stage: str = "dpo") -> str | None:
     """The newest complete checkpoint, if it was trained with these very settings (else a UserError); None when
     there is none or training already finished."""
-    from medreason.model import run_record
-    from medreason.train.sft import last_checkpoint
     checkpoint = last_checkpoint(checkpoint_dir)
     if checkpoint:
         differences = run_record.resume_differences(checkpoint_dir, stage, by)
@@ -177,8 +182,6 @@ def resume_point(checkpoint_dir: Path, by: dict, stage: str = "dpo") -> str | No
 def reusable_pairs(out: Path, info: dict) -> list | None:
     """The pairs an earlier run of these very settings wrote and began training on (its checkpoints or its finished
     adapter say so): a resumed run trains on exactly those, without writing candidates again."""
-    from medreason.model import run_record
-    from medreason.preference.pairs import PAIRS_FILE, read_source
     path, began = out / PAIRS_FILE, run_record.read(out / "checkpoints")
     began = bool(began) and not run_record.differences(began, info["trained_by"])
     if not path.is_file() or not (began or run_record.finished_step(out, info["trained_by"]) is not None):
@@ -194,7 +197,6 @@ def train(trainer, resume: str | None, out: Path, info: dict):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from medreason.train import sft as training
     if resume:
         set_peft_model_state_dict(trainer.model, load_file(Path(resume) / "adapter_model.safetensors"),
                                   adapter_name=POLICY)
@@ -204,18 +206,12 @@ def train(trainer, resume: str | None, out: Path, info: dict):
 def save(model, tokenizer, folder: Path, info: dict, finished_at_step: int | None = None) -> Path:
     """The DPO adapter alone (save_adapter writes the active adapter: trl's frozen "ref" copy of SFT is not kept),
     its run record marked finished at `finished_at_step` (train's TrainOutput.global_step)."""
-    from medreason.model.for_training import save_adapter
     return save_adapter(model, tokenizer, folder, info, finished_at_step)
 
 
 def answer_with(model, adapter: str, tokenizer, questions, kind: str, style, max_new_tokens: int, batch_size: int,
                 seed: int):
     """One stage's answers and metrics (evaluation.score), with its adapter active: nothing is loaded twice."""
-    from medreason.evaluate.comparison import ModelAnswers, mean_metric, score
-    from medreason.answers.generation import generate
-    from medreason.evaluate.metrics import compliance_flags
-    from medreason.answers.prompts import generation_prompt
-    from medreason.answers.tags import closing_marker
     model.set_adapter(adapter, inference_mode=True)
     label = f"{'SFT' if adapter == REFERENCE else 'DPO'} model answering"
     if kind in ("reasoning", "mcq"):
@@ -241,8 +237,6 @@ def compare_stages(model, tokenizer, questions, kind: str, style, max_new_tokens
 def win_rate(judge, questions, results: dict, style) -> dict:
     """The judge's verdict on each held-out question's SFT and DPO answers: DPO wins, ties, losses, and the win
     rate (ties count half) over the questions with two readable verdicts."""
-    from medreason.evaluate.judging import judge_answers
-    from medreason.answers.tags import parse_answer
     verdicts = {}
     for name in ("sft", "dpo"):
         answers, ended = results[name].answers, results[name].ended or [True] * len(results[name].answers)
@@ -265,7 +259,6 @@ def evaluate(model, tokenizer, questions, kind: str, style, cfg, plan, base: str
              log_history: list[dict]) -> dict | None:
     """SFT vs DPO on the held-out questions (evaluation.score per adapter) and the judge's win rate, written to
     OUTPUT_DIR/evaluation/. A judge whose weights were released for DPO is loaded again."""
-    from medreason.evaluate.judging import ModelJudge, load_judge
     if not questions:
         print("[evaluate] no held-out questions (EVAL_SAMPLES=0): no SFT vs DPO comparison")
         return None

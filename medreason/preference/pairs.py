@@ -16,9 +16,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from medreason.answers.answering import answer_all
+from medreason.answers.choices import mcq_question
+from medreason.answers.generation import Sampling
+from medreason.answers.prompts import prompt_length, prompt_messages, to_example, tokenize_example
 from medreason.config.errors import UserError
-from medreason.data.layouts import PREFERENCE, QUESTION_FIELDS, DataError, detect, text_problem
+from medreason.data.layouts import DataError, PREFERENCE, QUESTION_FIELDS, detect, text_problem
 from medreason.data.readers import load_records, validate
+from medreason.evaluate.comparison import validate_mcq
+from medreason.evaluate.judging import ModelJudge, judge_answers, probe, unreadable_error
 
 PAIRS_FILE = "preference_pairs.jsonl"
 
@@ -71,8 +77,6 @@ def _reasoning(records, source):
 
 
 def _mcq(records, source):
-    from medreason.answers.choices import mcq_question
-    from medreason.evaluate.comparison import validate_mcq
     rows = validate_mcq(records, source)
     return [Question(mcq_question(r["question"], r["options"]), f"{r['answer']}. {r['options'][r['answer']]}",
                      r["options"], r["answer"], r) for r in rows], Counter()
@@ -165,7 +169,6 @@ def sample_candidates(model, tokenizer, questions: list[Question], style, k: int
     so a rerun writes the same candidates. Returns one list of k answering.Answer per question."""
     from transformers import set_seed
 
-    from medreason.answers.answering import answer_all
     if k < 2:
         raise UserError(f"NUM_CANDIDATES={k}: a pair needs at least 2 answers per question. Fix: --NUM_CANDIDATES=2.")
     set_seed(seed)  # torch's (and python's, numpy's) seed: sampling draws the same tokens on a rerun
@@ -217,8 +220,6 @@ def write_pairs(path: Path, pairs: list[Pair]) -> Path:
 def make_pairs(model, tokenizer, questions: list[Question], style, judge, cfg, out: Path) -> tuple[list[Pair], Counter]:
     """Candidates from the SFT model, judged (probed first), paired and written to OUTPUT_DIR/preference_pairs.jsonl.
     No readable verdict at all, or no pair left after ties, is a UserError naming the fix."""
-    from medreason.answers.generation import Sampling
-    from medreason.evaluate.judging import ModelJudge, judge_answers, probe, unreadable_error
     if isinstance(judge, ModelJudge):
         probe(judge, questions)
     k = cfg.NUM_CANDIDATES
@@ -254,7 +255,6 @@ def make_pairs(model, tokenizer, questions: list[Question], style, judge, cfg, o
 def to_dpo_example(pair: Pair, style, tokenizer) -> dict:
     """A pair as trl's preference example, with exactly the SFT prompt: conversational (system prompt + question,
     then the answer as the assistant turn), or for text-form styles (r1) the rendered prompt and the answers as text."""
-    from medreason.answers.prompts import prompt_messages, to_example
     if style.as_text:
         prompt = to_example({"Question": pair.prompt, "Complex_CoT": "", "Response": ""}, style, tokenizer)["prompt"]
         return {"prompt": prompt, "chosen": pair.chosen, "rejected": pair.rejected}
@@ -264,7 +264,6 @@ def to_dpo_example(pair: Pair, style, tokenizer) -> dict:
 
 def fit_questions(questions: list[Question], style, tokenizer, max_len: int) -> list[Question]:
     """Questions whose SFT prompt leaves room for an answer within MAX_SEQ_LENGTH; the others dropped, counted."""
-    from medreason.answers.prompts import prompt_length
     lengths = [prompt_length(tokenizer, q.text, style) for q in questions]
     kept = [q for q, n in zip(questions, lengths) if n < max_len]
     _report_fit("questions", len(questions), len(kept), max(lengths), max_len)
@@ -274,7 +273,6 @@ def fit_questions(questions: list[Question], style, tokenizer, max_len: int) -> 
 def fit_pairs(pairs: list[Pair], style, tokenizer, max_len: int) -> tuple[list[Pair], list[dict]]:
     """Pairs (and their trl examples) whose prompt leaves room for an answer within MAX_SEQ_LENGTH; of those, the ones
     trl will cut (prompt + answer longer than MAX_SEQ_LENGTH: it keeps the start) counted and said."""
-    from medreason.answers.prompts import tokenize_example
     examples = [to_dpo_example(p, style, tokenizer) for p in pairs]
     lengths = []
     for e in examples:

@@ -8,8 +8,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID
+from medreason.answers.prompts import PROMPT_STYLES
 from medreason.config.errors import UserError
+from medreason.evaluate.report import STAGES, benchmark_table, metrics_table, stage_of, win_sentence
+from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID
+from medreason.model import run_record
+from medreason.model.gguf import MODELFILE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
 PROJECT_NAME = "medical-reasoning fine-tuning"
@@ -107,7 +111,7 @@ def _run_facts(run_dir: Path) -> tuple[dict, dict, dict]:
         raise UserError(f"{adapter}: no adapter_config.json, so there is no adapter to publish. Fix: run the same "
                         f"training command again (it resumes from the checkpoints and saves the adapter).")
     results = _read_run_json(results_path, ("settings", "metrics"))
-    info = _read_run_json(adapter / "training_info.json", ()) if (adapter / "training_info.json").is_file() else {}
+    info = run_record.read(adapter)
     return results, info, _read_run_json(adapter / "adapter_config.json", ("base_model_name_or_path",))
 
 
@@ -145,7 +149,6 @@ COMPARED_WITH = {"base": ("base model", "base model (adapter disabled)"),
 
 def _evaluation_table(evaluation: dict | None, stage) -> tuple[str, str]:
     """The card's evaluation: the stage's own model against the one it started from, from results.json's table."""
-    from medreason.evaluate.report import metrics_table
     if not evaluation or stage.after not in evaluation:
         return "No evaluation was run for this adapter.", ""
     after = evaluation[stage.after]
@@ -158,21 +161,18 @@ def _evaluation_table(evaluation: dict | None, stage) -> tuple[str, str]:
              if notes else "")
     win = evaluation.get("judge_win_rate")
     if win:
-        from medreason.evaluate.report import win_sentence
         intro += " " + win_sentence(win)
     return intro, table
 
 
 def answer_layout(info: dict, settings: dict):
     """The answer style the adapter was trained with (answers/prompts.py): the card describes its layout."""
-    from medreason.answers.prompts import PROMPT_STYLES
     name = info.get("prompt_style") or settings.get("PROMPT_STYLE") or "think_response"
     return PROMPT_STYLES.get(name, PROMPT_STYLES["think_response"])
 
 
 def training_story(results: dict, info: dict, base: str, backend: str) -> tuple[str, str, str]:
     """(the card's sentence on how the adapter was trained, the Training heading, its numbered stages)."""
-    from medreason.evaluate.report import STAGES, stage_of
     stage, records = stage_of(results), info.get("stages") or results.get("stages") or []
     if stage.name == "sft" or not records:
         dataset = results["settings"].get("DATASET", "")
@@ -240,7 +240,6 @@ def benchmark_eval_results(benchmarks: dict | None) -> list:
 def benchmark_section(benchmarks: dict | None) -> str:
     if not benchmarks:
         return ""
-    from medreason.evaluate.report import benchmark_table
     return (f"\n\n### Exam benchmarks\n\nProtocol **{benchmarks['protocol']}**: {benchmarks['protocol_detail']}. "
             f"Accuracy in %, with 95% bootstrap intervals; base = the adapter disabled.\n\n"
             + benchmark_table(benchmarks))
@@ -251,7 +250,6 @@ def render_card(run_dir: Path, repo_id: str, adapter_ref: str | None = None):
     and adapter_config.json: the stage's own evaluation, its training, the answer layout it was trained to."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from medreason.evaluate.report import stage_of
     results, info, adapter_config = _run_facts(run_dir)
     settings, stage = results["settings"], stage_of(results)
     base = EMBEDDED_HUB_ID if info.get("model_name") == EMBEDDED else adapter_config["base_model_name_or_path"]
@@ -329,9 +327,8 @@ GGUF_DIR = "gguf"  # OUTPUT_DIR/gguf (SAVE_GGUF, medreason/model/gguf.py): uploa
 def add_gguf_files(run_dir: Path, folder: Path, repo_id: str) -> str:
     """The run's GGUF export (its .gguf files, Modelfile, training_info.json) linked into the upload folder, and the
     card's section listing them with their sizes and the Ollama command; "" when the run made none."""
-    from medreason.model.gguf import MODELFILE
     source = run_dir / GGUF_DIR
-    files = sorted(source.glob("*.gguf")) + [source / n for n in (MODELFILE, "training_info.json")] \
+    files = sorted(source.glob("*.gguf")) + [source / n for n in (MODELFILE, run_record.FILE_NAME)] \
         if source.is_dir() else []
     files = [p for p in files if p.is_file()]
     if not any(p.suffix == ".gguf" for p in files):

@@ -21,7 +21,28 @@ import json
 import time
 from pathlib import Path
 
+from medreason.answers.prompts import TEMPLATE_DATE, prompt_messages, to_example
+from medreason.config.distributed import is_main
 from medreason.config.errors import UserError
+from medreason.data.readers import LOCAL_SUFFIXES
+from medreason.evaluate import benchmarks
+from medreason.evaluate.comparison import ModelAnswers, mean_metric, score
+from medreason.evaluate.contamination import overlaps, summary
+from medreason.evaluate.metrics import status_counts
+from medreason.evaluate.protocols import run
+from medreason.evaluate.report import rl_comparison, write_rl_report
+from medreason.model import run_record
+from medreason.model.for_training import save_adapter
+from medreason.preference.dpo import (
+    POLICY,
+    REFERENCE,
+    for_generation,
+    resume_point as checked_resume_point,
+    train as train_policy,
+)
+from medreason.preference.pairs import _mcq, read_source
+from medreason.rl.rewards import classifier_verifier, reference_verifier
+from medreason.train.sft import guard_checkpoint_saves, keep_trainable_weights_in_run_precision, trainer_arguments
 
 SFT_ADAPTER_NAME = "sft"  # the SFT adapter loaded beside the policy for the comparison (BETA = 0: no "ref")
 LAYOUTS = ("mcq", "reasoning", "questions")  # the question layouts of preference.read_source GRPO can train on
@@ -35,8 +56,6 @@ def run_info(cfg, plan, sft_folder: Path, sft_info: dict, style, rewards: list) 
     stage was trained), every stage named (those the SFT adapter already records, SFT and perhaps DPO, then RL), and
     the settings that decide the RL weights (a finished adapter with the same ones is not trained again; a
     checkpoint of other ones is not resumed)."""
-    from medreason.answers.prompts import TEMPLATE_DATE
-    from medreason.model import run_record
     by = run_record.trained_by("rl", cfg, plan, SFT_ADAPTER=str(sft_folder.resolve()))
     earlier = sft_info.get("stages") or [{"stage": "sft", "trainer": "trl SFTTrainer", "adapter": by["SFT_ADAPTER"],
                                           "trained_by": sft_info.get("trained_by", {})}]
@@ -57,7 +76,6 @@ def read_questions(source: str, config: str | None):
     """(layout, Questions) GRPO can train on: multiple-choice rows, medical-o1 rows (with a verifier) or bare
     questions (format and length rewards only), from a file, a Hub id, or <benchmark>:<split> of evaluate.py's
     benchmarks (medqa:train, medmcqa:train: their own field mapping, medreason/evaluate/benchmarks.py)."""
-    from medreason.preference.pairs import read_source
     source = str(DEMO_QUESTIONS) if source == "demo" else source
     exam = exam_split(source)
     if exam:
@@ -74,8 +92,6 @@ def exam_split(source: str) -> list | None:
     """The Questions of <benchmark>:<split> (e.g. medqa:train), or None when DATASET names no benchmark split."""
     import dataclasses
 
-    from medreason.evaluate import benchmarks
-    from medreason.preference.pairs import _mcq
     name, _, split = source.partition(":")
     if not split or name not in benchmarks.BENCHMARKS:
         return None
@@ -92,8 +108,6 @@ def columns_of(layout: str) -> set[str]:
 def benchmark_questions(names: str) -> tuple[list[str], list[str]]:
     """(question texts, labels) of the exam benchmarks named in BENCHMARKS: names evaluate.py knows (medqa, medmcqa,
     pubmedqa, mmlu-pro-health), YAML declarations, or local files of {question, options, answer} rows."""
-    from medreason.evaluate import benchmarks
-    from medreason.data.readers import LOCAL_SUFFIXES
     texts, labels = [], []
     for name in filter(None, (n.strip() for n in names.split(","))):
         path = Path(name).expanduser()
@@ -115,7 +129,6 @@ def question_text(question) -> str:
 def refuse_contaminated(train, held_out, benchmark_texts: list[str], chars: int) -> tuple[list, dict]:
     """Training questions that share a CHARS-long run with a held-out or benchmark question are refused
     (contamination.overlaps, HuatuoGPT-o1's rule): a model must never be graded on a question it trained on."""
-    from medreason.evaluate.contamination import overlaps, summary
     references = [question_text(q) for q in held_out] + list(benchmark_texts)
     found = overlaps([question_text(q) for q in train], references, chars) if references and train else []
     flagged = {o.train_index for o in found}
@@ -132,7 +145,6 @@ def refuse_contaminated(train, held_out, benchmark_texts: list[str], chars: int)
 
 def to_grpo_example(question, style, tokenizer) -> dict:
     """A question as trl's prompt-only example with exactly the SFT prompt, plus the columns the rewards read."""
-    from medreason.answers.prompts import prompt_messages, to_example
     if style.as_text:
         prompt = to_example({"Question": question.text, "Complex_CoT": "", "Response": ""}, style, tokenizer)["prompt"]
     else:
@@ -152,7 +164,6 @@ def dataset(questions, style, tokenizer):
 
 def make_verifier(cfg, plan, style):
     """The verifier of open-ended rows (VERIFIER): None, the reference judge, or a classifier model."""
-    from medreason.rl.rewards import classifier_verifier, reference_verifier
     if cfg.VERIFIER == "none":
         return None
     if cfg.VERIFIER == "reference":
@@ -171,7 +182,6 @@ def build_grpo_config(cfg, plan, report_to: list[str], checkpoint_dir: Path, wei
 
     from trl import GRPOConfig
 
-    from medreason.train.sft import trainer_arguments
     if cfg.USE_VLLM and importlib.util.find_spec("vllm") is None:
         raise UserError("USE_VLLM=True but vLLM is not installed. Fix: --USE_VLLM=False (sampling with the model "
                         "itself), or pip install vllm where its torch pin fits yours (not on Colab's torch).")
@@ -249,7 +259,6 @@ def build_trainer(model, tokenizer, examples, grpo_config, reward_functions: lis
     """trl's GRPOTrainer on the SFT adapter (Unsloth patches it on import, where it is the backend)."""
     from trl import GRPOTrainer
 
-    from medreason.train.sft import guard_checkpoint_saves, keep_trainable_weights_in_run_precision
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions, args=grpo_config, train_dataset=examples,
                           processing_class=tokenizer)
     keep_trainable_weights_in_run_precision(trainer)  # trl's GRPOTrainer casts a quantized model's LoRA to bf16 too
@@ -258,21 +267,18 @@ def build_trainer(model, tokenizer, examples, grpo_config, reward_functions: lis
 
 
 def resume_point(checkpoint_dir: Path, by: dict) -> str | None:
-    from medreason.preference.dpo import resume_point as checked_resume_point
     return checked_resume_point(checkpoint_dir, by, stage="rl")
 
 
 def train(trainer, resume: str | None, out: Path, info: dict):
     """dpo.train: training.train (resume, finished-run reuse, Ctrl-C keeps the adapter), with the policy's own
     weights restored first from a checkpoint that also holds trl's "ref" copy (BETA > 0)."""
-    from medreason.preference.dpo import train as train_policy
     return train_policy(trainer, resume, out, info)
 
 
 def save(model, tokenizer, folder: Path, info: dict, finished_at_step: int | None = None) -> Path:
     """The RL adapter alone (save_adapter writes the active adapter: neither "ref" nor "sft" is kept), its run
     record marked finished at `finished_at_step` (train's TrainOutput.global_step)."""
-    from medreason.model.for_training import save_adapter
     return save_adapter(model, tokenizer, folder, info, finished_at_step)
 
 
@@ -280,7 +286,6 @@ def save(model, tokenizer, folder: Path, info: dict, finished_at_step: int | Non
 
 def sft_adapter_name(model, sft_folder: Path) -> str:
     """The adapter that is the SFT model: trl's frozen "ref" copy (BETA > 0), else the SFT adapter loaded again."""
-    from medreason.preference.dpo import REFERENCE
     if REFERENCE in model.peft_config:
         return REFERENCE
     if SFT_ADAPTER_NAME not in model.peft_config:
@@ -293,7 +298,6 @@ def compare(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg
     stage's adapter switched on in turn on one loaded model. Multiple-choice rows: the strict exam protocol
     (protocols.run: the trained prompt, greedy, the last explicit answer; none or several letters = an extraction
     failure, scored wrong), accuracy and extraction with bootstrap intervals; medical-o1 rows: evaluation.score."""
-    from medreason.preference.dpo import POLICY, for_generation
     sft = sft_adapter_name(model, sft_folder)
     for_generation(model, plan.backend)
     results, statuses = {}, {}
@@ -305,10 +309,7 @@ def compare(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg
 
 
 def _answer(model, tokenizer, questions, kind: str, style, cfg, label: str):
-    from medreason.evaluate.comparison import ModelAnswers, mean_metric, score
-    from medreason.evaluate.metrics import status_counts
     if kind == "mcq":
-        from medreason.evaluate.protocols import run
         print(f"[evaluate] {label} answering {len(questions)} held-out questions (strict protocol)")
         scored = run(model, tokenizer, [q.row for q in questions], "strict", style, cfg.MAX_NEW_TOKENS,
                      cfg.EVAL_BATCH_SIZE, seed=cfg.SEED)
@@ -330,7 +331,6 @@ def _eval_row(question, kind: str) -> dict:
 def evaluate(model, tokenizer, questions, kind: str, style, sft_folder: Path, cfg, plan, out: Path,
              log_history: list[dict], reward_names: list[str], timing: dict) -> dict | None:
     """SFT vs RL on the held-out questions, written to OUTPUT_DIR/evaluation/ with the reward curves."""
-    from medreason.evaluate.report import rl_comparison, write_rl_report
     if not questions or kind == "questions":
         print("[evaluate] no held-out questions with answers to grade (EVAL_SAMPLES=0, or bare questions): no SFT vs "
               "RL comparison")
@@ -368,6 +368,5 @@ def run_metrics(comparison: dict | None, log_history: list[dict], reward_names: 
 
 
 def write_log(out: Path, log_history: list[dict]) -> None:
-    from medreason.config.distributed import is_main
     if is_main():
         (out / "log_history.json").write_text(json.dumps(log_history, indent=1))

@@ -24,8 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from medreason.config.errors import UserError
+from medreason.answers.choices import extract_choice
 from medreason.answers.tags import ParsedAnswer, parse_answer
+from medreason.config.errors import UserError
+from medreason.evaluate.judging import ReferenceJudge
+from medreason.model.for_training import resolve_model_path
+from medreason.preference.pairs import Question
 
 LOOPING_PENALTY = -1.0  # an answer cut while repeating itself: the worst use of the budget
 CUT_PENALTY = -0.5  # an answer that ran out of the token budget (MAX_NEW_TOKENS) before it ended
@@ -80,7 +84,6 @@ def format(answer: Answer) -> float:  # noqa: A001 - the reward's logged name
 @reward(weight=1.0, needs=("answer", "options"))
 def correct(answer: Answer) -> float:
     """1 when the one option the answer names is the right one; 0 for another, for none or for several."""
-    from medreason.answers.choices import extract_choice
     letter = extract_choice(answer.text, answer.row["options"], answer.style)
     return 1.0 if letter is not None and letter == answer.row["answer"] else 0.0
 
@@ -115,11 +118,9 @@ def huatuo_scores(answers: list[Answer], verifier: Verifier) -> list[float]:
 
 def reference_verifier(style) -> Verifier:
     """The reference judge (judging.ReferenceJudge: ROUGE-L F of the response to the reference) as the verifier."""
-    from medreason.evaluate.judging import ReferenceJudge
     judge = ReferenceJudge(style)
 
     def accepts(answers):
-        from medreason.preference.pairs import Question
         verdicts = judge.score([Question("", a.row["reference"]) for a in answers], [a.text for a in answers])
         return [v.score is not None and v.score >= REFERENCE_ACCEPTS for v in verdicts]
     return Verifier(f"reference judge (ROUGE-L >= {REFERENCE_ACCEPTS})", accepts)
@@ -130,7 +131,6 @@ def classifier_verifier(model_path: str, device: str, batch_size: int = 8) -> Ve
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from medreason.model.for_training import resolve_model_path
     path = resolve_model_path(model_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

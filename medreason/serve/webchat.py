@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.answers.answering import Answer, answer_batch
-from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID
+from medreason.answers.emergency import emergency_line
 from medreason.answers.generation import Sampling
 from medreason.answers.prompts import DISCLAIMER, prompt_length
-from medreason.answers.streaming import UNREADABLE, Split, StreamSplitter
+from medreason.answers.streaming import Split, StreamSplitter, UNREADABLE
+from medreason.model.embedded import EMBEDDED, EMBEDDED_HUB_ID
 
 TITLE = "Medical reasoning chat"
 THINKING = "Thinking"
@@ -177,9 +178,8 @@ def answer_messages(loaded, question: str, budget: Budget, sampling: Sampling):
 
 
 def emergency_messages(question: str) -> list:
-    """The emergency line (medreason/evaluate/safety.py) as the first message, for a question about an emergency; else []."""
+    """The emergency line (medreason/answers/emergency.py) as the first message, for a question about an emergency; else []."""
     import gradio as gr
-    from medreason.answers.emergency import emergency_line
     line = emergency_line(question)
     return [gr.ChatMessage(content=f"**{line}**")] if line else []
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import statistics
 
-from medreason.config.errors import UserError
 from medreason.answers.prompts import tokenize_example
+from medreason.config.errors import UserError
+from medreason.data.safety_set import samples_per_kind
+from medreason.model import estimates
+from medreason.model.for_training import load_tokenizer
 
 
 def token_lengths(tokenizer, conversation: dict) -> tuple[int, int]:
@@ -85,7 +88,6 @@ def say_prompt_lengths(model, tokenizer, prompts: list[str], what: str) -> None:
 def tokenizer_for(model_path: str, dry_run: bool = False):
     """The model's tokenizer. A dry run whose tokenizer cannot be loaded (offline, say) says so and goes on without
     the token statistics (None) instead of failing."""
-    from medreason.model.for_training import load_tokenizer
     try:
         return load_tokenizer(model_path)
     except UserError as e:
@@ -106,10 +108,8 @@ def check_training_data(prepared, tokenizer, max_len: int) -> None:
 
 def say_training_estimate(cfg, plan, model_path: str, prepared) -> None:
     """The trainer's [estimate] line, from the rows and token counts just checked (estimates.training)."""
-    from medreason.model import estimates
     safety_asks = 0
     if getattr(cfg, "SAFETY_EVAL_SAMPLES", None) != 0 and prepared.info.get("val_rows"):
-        from medreason.data.safety_set import samples_per_kind
         safety_asks = 2 * samples_per_kind(getattr(cfg, "SAFETY_EVAL_SAMPLES", None), cfg.EVAL_SAMPLES)
     estimates.say(estimates.training(cfg, plan, model_path, prepared.info.get("train_lengths"),
                                      prepared.info.get("val_rows", 0), safety_asks))

@@ -8,14 +8,18 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from medreason.model import run_record
+from medreason.answers.prompts import TEMPLATE_DATE
+from medreason.config import distributed
+from medreason.config.distributed import is_main
+from medreason.config.errors import UserError, set_run_context
+from medreason.model import run_record, storage
+from medreason.model.for_training import save_adapter, write_training_info
 
 
 def run_info(cfg, plan, style) -> dict:
     """The SFT run record (model/run_record.py), saved with the adapter and next to the checkpoints: inference asks
     with exactly this base model, prompt and date; a resumed run must match it; a rerun after training finished with
     the same weight settings does not train."""
-    from medreason.answers.prompts import TEMPLATE_DATE
     return {"model_name": cfg.MODEL_NAME, "prompt_style": style.name, "system_prompt": style.system_prompt,
             "template_date": TEMPLATE_DATE, "max_seq_length": cfg.MAX_SEQ_LENGTH, "max_new_tokens": cfg.MAX_NEW_TOKENS,
             "backend": plan.backend, "precision": plan.precision, "load_in_4bit": plan.load_in_4bit,
@@ -27,7 +31,6 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
     from trl import SFTConfig
     from transformers.trainer_utils import SchedulerType
 
-    from medreason.config.errors import UserError
     schedulers = [s.value for s in SchedulerType]
     if cfg.LR_SCHEDULER not in schedulers:
         close = difflib.get_close_matches(cfg.LR_SCHEDULER, schedulers, n=1)
@@ -43,7 +46,6 @@ def build_sft_config(cfg, plan, report_to: list[str], checkpoint_dir: Path):
 
 
 def _check_early_stopping(cfg) -> None:
-    from medreason.config.errors import UserError
     patience = cfg.EARLY_STOPPING_PATIENCE
     if patience is None:
         return
@@ -179,7 +181,6 @@ def guard_checkpoint_saves(trainer) -> None:
     checkpoints stay as they were) and the run stops with a one-line error naming the folder and the space needed,
     instead of torch.save's "unexpected pos" traceback. The instance's method is wrapped, not the class subclassed,
     because Unsloth may have rewritten SFTTrainer's class."""
-    from medreason.model import storage
     save = trainer._save_checkpoint
 
     def guarded_save(model, trial, *args, **kwargs):
@@ -215,7 +216,6 @@ def check_resumable(checkpoint: str | None, cfg, plan) -> None:
     """A checkpoint of another base model, held otherwise (4-bit, backend, precision: run_record.RESUME_SETTINGS),
     or of other LoRA settings, cannot be resumed: say so before the model loads, instead of torch's "parameter group
     doesn't match" (or a silently wrong model) after it."""
-    from medreason.config.errors import UserError
     if not checkpoint:
         return
     folder = Path(checkpoint)
@@ -258,9 +258,6 @@ def train(trainer, resume: str | None, out: Path, info: dict):
     (the final adapter's record keeps it: save_final_adapter). A run whose adapter finished training with these
     weight settings is not trained again: its adapter is loaded instead. Ctrl-C keeps the adapter so far and the
     checkpoints to resume from."""
-    from medreason.config.distributed import is_main
-    from medreason.config.errors import set_run_context
-    from medreason.model.for_training import save_adapter
     set_run_context(step="4. train")
     if (step := run_record.finished_step(out, info["trained_by"], say="train")) is not None:
         return reuse_finished_adapter(trainer, out, step)
@@ -289,8 +286,6 @@ def save_final_adapter(trainer, model, tokenizer, folder: Path, info: dict, fini
     marked finished at `finished_at_step` (train's TrainOutput.global_step). Under FSDP each process holds a shard of
     it: the Trainer's save_model gathers it (every process takes part; the config's FULL_STATE_DICT), then the main
     process adds the tokenizer and training_info.json."""
-    from medreason.config import distributed
-    from medreason.model.for_training import save_adapter, write_training_info
     if distributed.uses_fsdp():
         trainer.save_model(str(folder))
         if distributed.is_main():
