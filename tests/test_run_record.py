@@ -160,3 +160,23 @@ def test_resume_rules(tmp_path):
     other = grpo.run_info(script_settings("rl_tuning", REWARDS={"format": 2.0}), T4, tmp_path / "sft", {}, STYLE, [])
     assert run_record.resume_differences(tmp_path / "dpo", "rl", other["trained_by"]) == [
         "REWARDS {'format': 1.0} -> {'format': 2.0}"]
+
+
+def test_the_last_checkpoint_of_a_finished_sft_run_is_not_resumed_with_other_weights(tmp_path):
+    """Resuming a finished run's last checkpoint with another learning rate would train no step and save the old
+    weights as the new run's: refused with what differs; a longer MAX_STEPS still trains on from it."""
+    cfg = script_settings("medical_fine_tuning")
+    info = sft.run_info(cfg, CPU, STYLE)
+    (tmp_path / "checkpoints" / "checkpoint-16").mkdir(parents=True)
+    run_record.write(tmp_path / "checkpoints", info)
+    now = run_record.trained_by("sft", script_settings("medical_fine_tuning", LEARNING_RATE=1e-5), CPU)
+    assert run_record.resume_differences(tmp_path / "checkpoints", "sft", now) == []  # not finished: resumable
+    (tmp_path / "adapter").mkdir()
+    run_record.write(tmp_path / "adapter", info, finished_at_step=16)
+    assert run_record.resume_differences(tmp_path / "checkpoints", "sft", now) == [
+        f"LEARNING_RATE {cfg.LEARNING_RATE!r} -> 1e-05"]
+    with pytest.raises(UserError, match=r"checkpoint-16 was trained with other settings \(LEARNING_RATE .*Fix"):
+        sft.check_resumable(str(tmp_path / "checkpoints" / "checkpoint-16"),
+                            script_settings("medical_fine_tuning", LEARNING_RATE=1e-5), CPU)
+    longer = run_record.trained_by("sft", script_settings("medical_fine_tuning", MAX_STEPS=cfg.MAX_STEPS * 2), CPU)
+    assert run_record.resume_differences(tmp_path / "checkpoints", "sft", longer) == []

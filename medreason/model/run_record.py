@@ -34,7 +34,8 @@ WEIGHT_SETTINGS = {
 }
 # What a checkpoint must match to be resumed. SFT: the base model and how it was held (4-bit, backend, precision);
 # its LoRA shape is read from the checkpoint's own adapter_config.json (train/sft.py); a resumed run may change the
-# rest, e.g. MAX_STEPS to train longer. A stage not named here (DPO, RL): every weight setting, since its pairs and
+# rest, e.g. MAX_STEPS to train longer, until that run has finished: then only MAX_STEPS (resume_differences). A stage
+# not named here (DPO, RL): every weight setting, since its pairs and
 # questions go with the checkpoint.
 RESUME_SETTINGS = {"sft": ("MODEL_NAME", *RESOLVED)}
 
@@ -136,4 +137,17 @@ def resume_differences(checkpoint_dir: Path, stage: str, now: dict) -> list[str]
     record = read(checkpoint_dir)
     if not record:
         return [] if stage == "sft" else [f"no {FILE_NAME} beside them"]
+    if stage in RESUME_SETTINGS and _finished(checkpoint_dir, record):
+        # the run that made these checkpoints finished: resuming its last one with another learning rate, dataset...
+        # would train no step (or only the steps a longer MAX_STEPS adds) and save the old weights as this run's
+        return [d for d in differences(record, now) if not d.startswith("MAX_STEPS ")]
     return differences(record, now, RESUME_SETTINGS.get(stage))
+
+
+def _finished(checkpoint_dir: Path, record: dict) -> bool:
+    """Whether the run recorded beside these checkpoints saved its final adapter (OUTPUT_DIR/adapter, same settings)."""
+    try:
+        adapter = read(Path(checkpoint_dir).parent / "adapter")
+    except UserError:
+        return False
+    return adapter.get("finished_at_step") is not None and adapter.get("trained_by") == record.get("trained_by")
