@@ -181,9 +181,20 @@ def embedded_adapter(tmp_path_factory, embedded_dir, demo_rows):
         optimizer.step()
         optimizer.zero_grad()
     print(f"[test] adapter trained in {time.time() - start:.0f} s")
-    return save_adapter(model, tokenizer, tmp_path_factory.mktemp("embedded-run") / "adapter", {
-        "model_name": "embedded", "prompt_style": STYLE.name, "system_prompt": STYLE.system_prompt,
-        "max_new_tokens": ANSWER_TOKENS})
+    import types
+
+    import medical_fine_tuning
+    from medreason.config.run_plan import Plan
+    from medreason.config.settings import collect
+    from medreason.train import sft
+    cfg = types.SimpleNamespace(**{  # the script's constants, then what this loop did
+        **collect(vars(medical_fine_tuning)), "MODEL_NAME": "embedded", "PROMPT_STYLE": STYLE.name,
+        "MAX_NEW_TOKENS": ANSWER_TOKENS, "BATCH_SIZE": 1, "GRAD_ACCUM": 1, "MAX_STEPS": 24, "LEARNING_RATE": 2e-3,
+        "LR_SCHEDULER": "constant", "WARMUP_STEPS": 0, "WEIGHT_DECAY": 0.0, "LORA_R": 8, "LORA_ALPHA": 16,
+        "LORA_DROPOUT": 0.0, "TARGET_MODULES": ["q_proj", "v_proj", "o_proj"], "SEED": 0})
+    info = sft.run_info(cfg, Plan("transformers", "cpu", "fp32", False, "adamw_torch"), STYLE)
+    return save_adapter(model, tokenizer, tmp_path_factory.mktemp("embedded-run") / "adapter", info,
+                        finished_at_step=24)
 
 
 @pytest.fixture(scope="module")

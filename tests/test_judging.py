@@ -128,10 +128,11 @@ def test_the_model_judge_sees_the_response_not_the_reasoning(tiny_model_dir, tok
     from transformers import AutoModelForCausalLM
 
     from medreason.answers import generation
+    from medreason.evaluate import judging
     asked = []
     real_generate = generation.generate
-    monkeypatch.setattr(generation, "generate", lambda model, tok, texts, *a, **k: asked.extend(texts) or
-                        real_generate(model, tok, texts, *a, **k))
+    monkeypatch.setattr(judging, "generate", lambda model, tok, texts, *a, **k: asked.extend(texts) or
+                        real_generate(model, tok, texts, *a, **k))  # the engine as the judge module calls it
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     judge = ModelJudge(model, tokenizer, "tiny", max_new_tokens=2, style=style)
     question = Question("What causes scurvy?", "Vitamin C deficiency.")
