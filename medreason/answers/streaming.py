@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medreason.answers.tags import MARKERS, TAGS, parse_answer, reasoning_closed_at
+from medreason.answers.styles import as_style
+from medreason.answers.tags import parse_answer, reasoning_closed_at
 
 UNREADABLE = ("no_tags", "malformed")  # statuses whose text cannot be split: shown as written
 
@@ -35,10 +36,10 @@ def held_back(text: str, markers) -> int:
 
 def split(text: str, style) -> Split:
     """The current split of an answer still arriving (ended=False: an answer without a closing marker is cut)."""
-    name = getattr(style, "name", style)
-    shown = text[:len(text) - held_back(text, MARKERS.get(name, TAGS))]
+    style = as_style(style)
+    shown = text[:len(text) - held_back(text, style.markers)]
     parsed = parse_answer(shown, style, ended=False)
-    reasoning = getattr(style, "reasoning", name != "plain") and parsed.status not in UNREADABLE
+    reasoning = style.reasoning and parsed.status not in UNREADABLE
     closed = reasoning and reasoning_closed_at(shown, style) is not None
     return Split(parsed.thinking, parsed.response, reasoning, closed, parsed.status, shown)
 

@@ -12,7 +12,6 @@ from medreason.answers.styles import (  # noqa: F401 (re-exported: the pipeline'
 # Every marker of each style by name, read from the styles (the reasoning's opening and closing first; plain has
 # none; r1's opening may sit in the prompt). A display holds back text that may be the start of one (streaming.py).
 MARKERS = {name: style.markers for name, style in PROMPT_STYLES.items()}
-REASONING_MARKERS = {name: style.reasoning_markers for name, style in PROMPT_STYLES.items() if style.reasoning}
 
 
 def parse_answer(text: str, style="think_response", ended: bool = True) -> ParsedAnswer:
